@@ -1,0 +1,32 @@
+# The one place for cargo flags. mail-auth 0.15 depends on mail-parser 1.0,
+# which declares rust-version 1.98 although it builds with Rust 1.95, so every
+# cargo call here passes --ignore-rust-version.
+CARGO ?= cargo
+CARGO_FLAGS ?= --ignore-rust-version
+
+.PHONY: build release test lint fmt run clean
+
+build:
+	$(CARGO) build $(CARGO_FLAGS)
+
+release:
+	$(CARGO) build --release $(CARGO_FLAGS)
+
+# Unit, milter-protocol and real-Postfix end-to-end tests. The Postfix tests
+# need root and the Debian packages that .ci/run installs.
+test:
+	$(CARGO) test $(CARGO_FLAGS) -- --test-threads=4
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy $(CARGO_FLAGS) --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+# Run on the embedded defaults (or /etc/rmilter/rmilter.toml when it exists).
+run:
+	$(CARGO) run --release $(CARGO_FLAGS) -- run
+
+clean:
+	$(CARGO) clean

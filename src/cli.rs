@@ -1,0 +1,103 @@
+//! Command-line interface: the clap definitions of every subcommand.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Default location of the configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/rmilter/rmilter.toml";
+
+/// Default directory for `keys generate`.
+pub const DEFAULT_KEY_DIR: &str = "/etc/rmilter/keys";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rmilter",
+    version,
+    about = "Postfix milter for DKIM signing and DKIM/SPF/DMARC/ARC verification",
+    long_about = "rmilter is one milter for Postfix: it DKIM-signs outbound mail with RSA and \
+                  Ed25519 keys and verifies inbound mail. Point smtpd_milters and \
+                  non_smtpd_milters at its socket."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the milter daemon in the foreground.
+    ///
+    /// Without -c, /etc/rmilter/rmilter.toml is read when it exists; otherwise
+    /// rmilter runs on its embedded defaults (verify only, no signing keys).
+    /// SIGHUP reloads the configuration and keys; SIGTERM/SIGINT stop accepting
+    /// connections, let messages in progress finish and exit 0.
+    Run(RunArgs),
+    /// Load and validate the configuration and key files, print a summary.
+    ///
+    /// Exits non-zero with the file, key and reason when something is wrong.
+    CheckConfig(ConfigArg),
+    /// DKIM key management.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Configuration file [default: /etc/rmilter/rmilter.toml, or the
+    /// embedded defaults when that file does not exist]
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Listen on ADDR instead of the configured address:
+    /// unix:/path, inet:HOST:PORT or inet6:[ADDR]:PORT
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Sign mail from DOMAIN with the key in KEYFILE under SELECTOR; repeat
+    /// for several keys. Replaces the key table of the configuration file.
+    #[arg(long = "key", value_name = "DOMAIN:SELECTOR:KEYFILE")]
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate a private key (PKCS#8 PEM, mode 0600) and print its DNS record.
+    ///
+    /// The key is written to DIR/DOMAIN/SELECTOR.pem; an existing file is
+    /// never overwritten.
+    Generate(GenerateArgs),
+    /// Print the DNS TXT record of every configured signing key, in zone-file
+    /// syntax.
+    Dns(ConfigArg),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Signing domain (the d= tag)
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: String,
+    /// Selector (the s= tag)
+    #[arg(long, value_name = "SELECTOR")]
+    pub selector: String,
+    /// Key algorithm
+    #[arg(long, value_enum, default_value_t = KeyAlgorithm::Rsa)]
+    pub algorithm: KeyAlgorithm,
+    /// RSA modulus size in bits (2048, 3072 or 4096); not used for ed25519
+    #[arg(long, value_name = "N", default_value_t = 2048)]
+    pub bits: u32,
+    /// Key directory
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_KEY_DIR)]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeyAlgorithm {
+    /// RSA with SHA-256 (rsa-sha256), understood by every verifier
+    Rsa,
+    /// Ed25519 with SHA-256 (ed25519-sha256, RFC 8463)
+    Ed25519,
+}

@@ -1,0 +1,322 @@
+//! Configuration: the one loader used by `run`, `check-config` and reload.
+//!
+//! `rmilter.toml` is parsed into the raw serde structs of [`raw`], then
+//! validated into the typed [`Config`] by [`validate`]. Downstream code never
+//! sees raw strings. Errors name the file, the key and what is wrong.
+
+pub mod raw;
+mod validate;
+
+use ipnet::IpNet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::{
+    DEFAULT_HEADERS, DEFAULT_OVERSIGN_HEADERS, check_selector, normalize_domain, parse_listen,
+};
+
+/// Where a configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A configuration file.
+    File(PathBuf),
+    /// No file: the defaults compiled into rmilter.
+    Embedded,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(path) => write!(f, "{}", path.display()),
+            Source::Embedded => f.write_str("embedded defaults"),
+        }
+    }
+}
+
+/// Settings given on the command line that replace the file's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen ADDR`
+    pub listen: Option<String>,
+    /// `--key DOMAIN:SELECTOR:KEYFILE`, repeated; replaces the key table.
+    pub keys: Vec<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub source: Source,
+    pub listen: ListenAddr,
+    pub socket: SocketOptions,
+    pub authserv_id: String,
+    pub log_level: LogLevel,
+    pub limits: Limits,
+    pub actions: ActionTable,
+    pub outbound: OutboundRules,
+    pub signing: Signing,
+    pub keys: Vec<KeySpec>,
+    pub dns: DnsSettings,
+}
+
+/// The milter socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Unix(PathBuf),
+    Inet(SocketAddr),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            ListenAddr::Inet(SocketAddr::V4(a)) => write!(f, "inet:{}:{}", a.ip(), a.port()),
+            ListenAddr::Inet(SocketAddr::V6(a)) => write!(f, "inet6:[{}]:{}", a.ip(), a.port()),
+        }
+    }
+}
+
+/// Permissions of a unix listening socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketOptions {
+    pub mode: u32,
+    /// Owner to set on the socket (name, uid); `None` keeps the process user.
+    pub owner: Option<(String, u32)>,
+    /// Group to set on the socket (name, gid); `None` keeps the process group.
+    pub group: Option<(String, u32)>,
+    /// Whether a non-loopback inet listener is allowed.
+    pub allow_remote: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// Resource limits of the milter server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long a stopping daemon waits for messages in progress.
+    pub shutdown_timeout: Duration,
+    /// Total size of all header fields of one message.
+    pub max_header_bytes: usize,
+    /// Number of header fields of one message.
+    pub max_headers: usize,
+}
+
+/// What rmilter does with a message: the reply it gives Postfix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Let the message through (unsigned or unverified, with a log line).
+    Accept,
+    /// Refuse it temporarily (4xx): the client retries, nothing is lost.
+    Tempfail,
+    /// Refuse it permanently (5xx).
+    Reject,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Accept => "accept",
+            Action::Tempfail => "tempfail",
+            Action::Reject => "reject",
+        }
+    }
+}
+
+/// The configured action for each failure class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionTable {
+    /// rmilter could not evaluate the message (internal error, signing failure).
+    pub on_error: Action,
+    /// The From gate refused the message (not exactly one author address).
+    pub bad_from: Action,
+    /// The header section exceeds `limits.max_header_bytes` or `limits.max_headers`.
+    pub oversized_headers: Action,
+}
+
+/// Which messages are outbound (signed) rather than inbound (verified).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundRules {
+    /// SASL-authenticated clients (`{auth_authen}` set).
+    pub authenticated: bool,
+    /// Clients whose IP address is in one of these networks.
+    pub networks: Vec<IpNet>,
+    /// Postfix `{daemon_name}` values (`milter_macro_daemon_name`).
+    pub daemon_names: Vec<String>,
+    /// Local submission through `non_smtpd_milters` (sendmail, pickup).
+    pub local_submission: bool,
+}
+
+/// DKIM canonicalization algorithm (RFC 6376 §3.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Canon {
+    Simple,
+    Relaxed,
+}
+
+impl Canon {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Canon::Simple => "simple",
+            Canon::Relaxed => "relaxed",
+        }
+    }
+}
+
+/// Signing settings shared by all keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signing {
+    pub header_canon: Canon,
+    pub body_canon: Canon,
+    /// Header fields signed when present.
+    pub headers: Vec<String>,
+    /// Header fields signed once more than present (RFC 6376 §8.15), so that
+    /// no instance can be added after signing.
+    pub oversign: Vec<String>,
+    /// Signature lifetime (`x=`); `None` omits the tag.
+    pub expire: Option<Duration>,
+    /// Sign mail from a subdomain with its parent domain's keys.
+    pub subdomains: bool,
+}
+
+/// Key algorithms rmilter signs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAlgorithm {
+    Rsa,
+    Ed25519,
+}
+
+impl KeyAlgorithm {
+    /// The DKIM `a=` name.
+    pub fn dkim_name(self) -> &'static str {
+        match self {
+            KeyAlgorithm::Rsa => "rsa-sha256",
+            KeyAlgorithm::Ed25519 => "ed25519-sha256",
+        }
+    }
+
+    /// The key record `k=` value.
+    pub fn key_type(self) -> &'static str {
+        match self {
+            KeyAlgorithm::Rsa => "rsa",
+            KeyAlgorithm::Ed25519 => "ed25519",
+        }
+    }
+}
+
+/// One row of the signing key table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpec {
+    /// Signing domain, lower-case A-label.
+    pub domain: String,
+    pub selector: String,
+    pub path: PathBuf,
+    /// When given, the key file must hold a key of this algorithm.
+    pub algorithm: Option<KeyAlgorithm>,
+    /// Where the row came from, for error messages (`key[0]`, `--key`).
+    pub origin: String,
+}
+
+/// Resolver settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Empty: the system resolvers from /etc/resolv.conf.
+    pub nameservers: Vec<SocketAddr>,
+    pub timeout: Duration,
+    pub attempts: usize,
+    pub cache_size: usize,
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {error}")]
+    Read { file: String, error: std::io::Error },
+    #[error("{file}:{line}:{column}: {message}")]
+    Syntax {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// Load the configuration.
+///
+/// With `path` given, that file must exist. Without it, `default_path` is
+/// read when it exists, else the embedded defaults apply. `overrides` from
+/// the command line replace the file's values before validation.
+pub fn load(
+    path: Option<&Path>,
+    default_path: &Path,
+    overrides: &Overrides,
+) -> Result<Config, ConfigError> {
+    let (source, text) = match path {
+        Some(path) => (Source::File(path.to_path_buf()), Some(read(path)?)),
+        None if default_path.exists() => (
+            Source::File(default_path.to_path_buf()),
+            Some(read(default_path)?),
+        ),
+        None => (Source::Embedded, None),
+    };
+    from_text(source, text.as_deref().unwrap_or(""), overrides)
+}
+
+/// Parse and validate configuration text (the file's content).
+pub fn from_text(source: Source, text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| syntax_error(&source, text, &e))?;
+    validate::validate(source, raw, overrides)
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        file: path.display().to_string(),
+        error,
+    })
+}
+
+fn syntax_error(source: &Source, text: &str, e: &toml::de::Error) -> ConfigError {
+    let (line, column) = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            (line, column)
+        }
+        None => (1, 1),
+    };
+    ConfigError::Syntax {
+        file: source.to_string(),
+        line,
+        column,
+        message: e.message().trim().replace('\n', " "),
+    }
+}

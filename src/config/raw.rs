@@ -1,0 +1,93 @@
+//! Raw configuration: serde structs that mirror `rmilter.toml` one to one.
+//!
+//! Every field is optional so that an empty file (or no file at all) means
+//! "all defaults"; unknown keys are refused. Nothing outside `config/` sees
+//! these types: `super::validate` turns them into the typed [`super::Config`].
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub authserv_id: Option<String>,
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub socket: RawSocket,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub actions: RawActions,
+    #[serde(default)]
+    pub outbound: RawOutbound,
+    #[serde(default)]
+    pub signing: RawSigning,
+    #[serde(default, rename = "key")]
+    pub keys: Vec<RawKey>,
+    #[serde(default)]
+    pub dns: RawDns,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSocket {
+    pub mode: Option<String>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    pub allow_remote: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<i64>,
+    pub idle_timeout: Option<String>,
+    pub shutdown_timeout: Option<String>,
+    pub max_header_bytes: Option<i64>,
+    pub max_headers: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawActions {
+    pub on_error: Option<String>,
+    pub bad_from: Option<String>,
+    pub oversized_headers: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutbound {
+    pub authenticated: Option<bool>,
+    pub networks: Option<Vec<String>>,
+    pub daemon_names: Option<Vec<String>>,
+    pub local_submission: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigning {
+    pub canonicalization: Option<String>,
+    pub headers: Option<Vec<String>>,
+    pub oversign_headers: Option<Vec<String>>,
+    pub expire: Option<String>,
+    pub subdomains: Option<bool>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub domain: Option<String>,
+    pub selector: Option<String>,
+    pub file: Option<String>,
+    pub algorithm: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    pub nameservers: Option<Vec<String>>,
+    pub timeout: Option<String>,
+    pub attempts: Option<i64>,
+    pub cache_size: Option<i64>,
+}

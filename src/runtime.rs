@@ -1,0 +1,42 @@
+//! The loaded state the milter works with: the validated configuration and
+//! the signing keys parsed from their files. Built by one loader for `run`,
+//! `check-config` and reload; a message keeps the `Runtime` it started with
+//! until it ends, so a reload never changes a message half-way.
+
+use crate::config::{self, Config, ConfigError, Overrides};
+use crate::keys;
+use crate::sign::KeyTable;
+use std::path::Path;
+
+pub struct Runtime {
+    pub config: Config,
+    pub keys: KeyTable,
+}
+
+impl Runtime {
+    /// Load the configuration (see [`config::load`]) and every key file.
+    pub fn load(
+        path: Option<&Path>,
+        default_path: &Path,
+        overrides: &Overrides,
+    ) -> Result<Runtime, ConfigError> {
+        Runtime::from_config(config::load(path, default_path, overrides)?)
+    }
+
+    /// Load the key files of a validated configuration.
+    pub fn from_config(config: Config) -> Result<Runtime, ConfigError> {
+        let keys = keys::load_all(&config.keys).map_err(|(origin, e)| ConfigError::Invalid {
+            file: if origin.starts_with("--key") {
+                "command line".to_string()
+            } else {
+                config.source.to_string()
+            },
+            key: origin,
+            message: e.to_string(),
+        })?;
+        Ok(Runtime {
+            config,
+            keys: KeyTable::new(keys),
+        })
+    }
+}
