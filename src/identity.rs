@@ -1,0 +1,2114 @@
+//! The From gate: rmilter's single source of the author identity (RFC5322.From).
+//!
+//! DKIM alignment, DMARC and the signer all need one author domain, and every
+//! DMARC bypass of recent years (OpenDMARC CVE-2019-16378, CVE-2020-12272,
+//! the CVE-2021-34555 crash, the "Composition Kills" payloads) came from a From
+//! value that two parsers read differently. This module therefore parses the
+//! header fields itself, with a real RFC 5322 tokenizer, and either returns
+//! exactly one author address and domain or a typed [`Refusal`]: no From
+//! field, several From fields, several mailboxes, no mailbox, invalid syntax,
+//! or syntax that parsers could read in more than one way. It never picks one
+//! reading silently. A display name or comment that shows another domain's
+//! address is reported in [`Author::display_domain`], so callers can flag it.
+//!
+//! RFC 2047 encoded-words are decoded only to look for such hidden addresses
+//! (in display names, quoted strings and comments; never in an addr-spec).
+//! The decoder handles the B and Q encodings and the charsets utf-8, us-ascii
+//! and iso-8859-1; an encoded-word in any other charset, or one that does not
+//! decode cleanly, is left as it was written.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Deepest comment nesting accepted. RFC 5322 sets no limit; rmilter bounds it
+/// so that a hostile value cannot build deep state.
+const MAX_COMMENT_DEPTH: usize = 64;
+/// Distinct domains kept in [`Refusal::SeveralAddresses`].
+const MAX_DOMAINS_KEPT: usize = 50;
+/// RFC 1035 §2.3.4: 255 octets on the wire, 253 in text form without the root dot.
+const MAX_DOMAIN_OCTETS: usize = 253;
+/// RFC 1035 §2.3.4: labels are 63 octets or less.
+const MAX_LABEL_OCTETS: usize = 63;
+/// Longest domain text handed to IDNA processing. Every non-ASCII character
+/// becomes at least one A-label octet, so anything longer than four times the
+/// DNS limit cannot give a valid name.
+const MAX_RAW_DOMAIN: usize = 4 * MAX_DOMAIN_OCTETS;
+
+/// One author address that passed the gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Author {
+    /// The addr-spec as written (`local@domain`), route portion removed, domain part lower-cased A-label.
+    pub address: String,
+    /// The author domain: lower case, A-label (IDNA), no trailing dot.
+    pub domain: String,
+    /// Set when the display name or a comment (after decoding RFC 2047 encoded-words) contains an
+    /// address whose domain differs from `domain` (RFC 9989 §11.4 display-name attacks; espoofer server_a15).
+    /// Holds that other domain (lower case). The gate does NOT refuse for this; callers decide.
+    pub display_domain: Option<String>,
+}
+
+/// Why the gate did not yield one author.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No From field at all.
+    NoFrom,
+    /// More than one From field (count).
+    SeveralFromFields(usize),
+    /// One From field with several mailboxes. `count` mailboxes; `domains`: the distinct author
+    /// domains (lower-case A-label, in order of appearance, at most 50 kept).
+    SeveralAddresses { count: usize, domains: Vec<String> },
+    /// A From field with no mailbox (empty value, empty group `undisclosed-recipients:;`).
+    NoAddress,
+    /// Syntax that is invalid (reason is a short lowercase text for logs and SMTP replies).
+    Malformed(&'static str),
+    /// Syntax that parsers can read in more than one way (reason as above).
+    Ambiguous(&'static str),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::NoFrom => f.write_str("message has no From field"),
+            Refusal::SeveralFromFields(n) => write!(f, "message has {n} From fields"),
+            Refusal::SeveralAddresses { count, domains } => {
+                write!(f, "From field has {count} addresses")?;
+                if !domains.is_empty() {
+                    f.write_str(" (")?;
+                    for (i, d) in domains.iter().take(3).enumerate() {
+                        if i > 0 {
+                            f.write_str(", ")?;
+                        }
+                        f.write_str(d)?;
+                    }
+                    if domains.len() > 3 {
+                        write!(f, " and {} more domains", domains.len() - 3)?;
+                    }
+                    f.write_str(")")?;
+                }
+                Ok(())
+            }
+            Refusal::NoAddress => f.write_str("From field has no address"),
+            Refusal::Malformed(reason) => write!(f, "malformed From field: {reason}"),
+            Refusal::Ambiguous(reason) => write!(f, "ambiguous From field: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// Run the gate over a message's header fields in order. `name` is the field name as the MTA gave it
+/// (no colon; may carry trailing whitespace, e.g. Postfix passes `From ` for the obsolete `From :`),
+/// `value` the raw value (may start with the space after the colon; folded lines are joined with
+/// "\n" followed by space/tab as the milter protocol delivers them, or "\r\n" + WSP; either is accepted).
+///
+/// # Errors
+///
+/// A [`Refusal`] unless the header names exactly one unambiguous author. The
+/// checks run in this order and the first that fails decides: a field name
+/// that is `From` disguised by whitespace or control characters, then the
+/// number of From fields, then the value of the one From field.
+pub fn author<'a>(
+    headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> Result<Author, Refusal> {
+    let mut count: usize = 0;
+    let mut value: Option<&'a [u8]> = None;
+    let mut disguised = false;
+    for (name, val) in headers {
+        match classify_name(name) {
+            FieldName::From => {
+                count = count.saturating_add(1);
+                value.get_or_insert(val);
+            }
+            FieldName::Disguised => disguised = true,
+            FieldName::Other => {}
+        }
+    }
+    // RELIABILITY F3: a From name broken by whitespace, folding or a control
+    // character is read as From by some parsers and not by others.
+    if disguised {
+        return Err(Refusal::Malformed("malformed From field name"));
+    }
+    // RFC 5322 §3.6: exactly one From field (RFC 7489 §6.6.1: several are
+    // refused, not picked from).
+    match (count, value) {
+        (1, Some(v)) => parse_value(v),
+        (0, _) | (_, None) => Err(Refusal::NoFrom),
+        (n, _) => Err(Refusal::SeveralFromFields(n)),
+    }
+}
+
+/// How a field name relates to From.
+enum FieldName {
+    From,
+    /// Reads as `from` once whitespace and control characters are removed.
+    Disguised,
+    Other,
+}
+
+fn is_wsp(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+fn classify_name(name: &[u8]) -> FieldName {
+    let mut end = name.len();
+    while end > 0 && name.get(end - 1).copied().is_some_and(is_wsp) {
+        end -= 1;
+    }
+    let trimmed = name.get(..end).unwrap_or_default();
+    // RFC 5322 §4.5.2: obs-from = "From" *WSP ":", so `From ` (Postfix's
+    // view of `From :`) is a From field. Field names are ABNF strings and
+    // compare case-insensitively (RFC 5234 §2.3).
+    if trimmed.eq_ignore_ascii_case(b"from") {
+        return FieldName::From;
+    }
+    let visible = name
+        .iter()
+        .filter(|b| !(b.is_ascii_whitespace() || b.is_ascii_control()))
+        .map(u8::to_ascii_lowercase);
+    if visible.eq(b"from".iter().copied()) {
+        FieldName::Disguised
+    } else {
+        FieldName::Other
+    }
+}
+
+/// Check the raw value and unfold it.
+fn unfold(raw: &[u8]) -> Result<String, Refusal> {
+    for (i, &b) in raw.iter().enumerate() {
+        let next = raw.get(i + 1).copied();
+        match b {
+            b'\0' => return Err(Refusal::Malformed("nul in From")),
+            // RFC 5322 §2.2.3: CR and LF appear only together, as CRLF
+            // followed by WSP (folding).
+            b'\r' if next != Some(b'\n') => return Err(Refusal::Malformed("bare cr in From")),
+            b'\n' if !next.is_some_and(is_wsp) => {
+                return Err(Refusal::Malformed("bare lf in From"));
+            }
+            _ => {}
+        }
+    }
+    // RFC 6532 §3.2: UTF-8 is allowed in header values; anything else is not.
+    let text =
+        std::str::from_utf8(raw).map_err(|_| Refusal::Malformed("From is not valid utf-8"))?;
+    // RFC 5322 §2.2.3: unfolding removes every CRLF that is followed by WSP.
+    Ok(text.replace("\r\n", "").replace('\n', ""))
+}
+
+/// Parse the value of the one From field.
+fn parse_value(raw: &[u8]) -> Result<Author, Refusal> {
+    let text = unfold(raw)?;
+    let lexed = lex(&text)?;
+    let mut parser = Parser {
+        toks: &lexed.tokens,
+        pos: 0,
+    };
+    let mut found = Found::default();
+    // RFC 5322 §3.6.2: from = "From:" mailbox-list CRLF; groups (address-list,
+    // §3.4) are read too and their members count as mailboxes.
+    parser.list(&mut found, false)?;
+    match found.count {
+        0 => Err(Refusal::NoAddress),
+        1 => {
+            let mb = found.first.ok_or(Refusal::NoAddress)?;
+            let texts = found
+                .group_names
+                .iter()
+                .map(|g| Cow::Borrowed(g.as_str()))
+                .chain(std::iter::once(Cow::Borrowed(mb.display.as_str())))
+                .chain(lexed.comments.iter().map(|c| unescape(c)));
+            let display_domain = other_display_domain(texts, &mb.domain);
+            Ok(Author {
+                address: mb.address,
+                domain: mb.domain,
+                display_domain,
+            })
+        }
+        count => Err(Refusal::SeveralAddresses {
+            count,
+            domains: found.domains,
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tokenizer
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A run of atext (RFC 5322 §3.2.3, with UTF-8 per RFC 6532 §3.2).
+    Atom,
+    /// A quoted string, `text` includes the quotes.
+    Quoted,
+    /// A domain literal, `text` includes the brackets.
+    DomainLiteral,
+    Dot,
+    Lt,
+    Gt,
+    At,
+    Comma,
+    Semi,
+    Colon,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Token<'s> {
+    kind: Kind,
+    text: &'s str,
+    /// Whitespace or a comment came right before this token.
+    space_before: bool,
+}
+
+struct Lexed<'s> {
+    tokens: Vec<Token<'s>>,
+    /// The inner text of every top-level comment, as written.
+    comments: Vec<&'s str>,
+}
+
+/// RFC 5322 §3.2.3: atext, plus UTF-8 non-ASCII (RFC 6532 §3.2).
+fn is_atext(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&c) || c >= 0x80
+}
+
+/// Control characters other than HTAB (RFC 5322 §3.2.3 obs-NO-WS-CTL and
+/// friends); rmilter refuses them anywhere in From.
+fn is_forbidden_ctl(c: u8) -> bool {
+    (c < 0x20 && c != b'\t') || c == 0x7f
+}
+
+fn lex(s: &str) -> Result<Lexed<'_>, Refusal> {
+    let b = s.as_bytes();
+    let mut tokens = Vec::new();
+    let mut comments = Vec::new();
+    let mut i = 0;
+    let mut space = false;
+    while let Some(&c) = b.get(i) {
+        let single = match c {
+            b' ' | b'\t' => {
+                space = true;
+                i += 1;
+                continue;
+            }
+            b'(' => {
+                // RFC 5322 §3.2.2: comments nest and are CFWS.
+                let end = skip_comment(b, i)?;
+                comments.push(s.get(i + 1..end - 1).unwrap_or_default());
+                space = true;
+                i = end;
+                continue;
+            }
+            b')' => return Err(Refusal::Ambiguous("unbalanced parenthesis")),
+            b'"' => {
+                // RFC 5322 §3.2.4: quoted-string.
+                let end = skip_delimited(b, i, b'"', "unbalanced quote")?;
+                tokens.push(Token {
+                    kind: Kind::Quoted,
+                    text: s.get(i..end).unwrap_or_default(),
+                    space_before: space,
+                });
+                space = false;
+                i = end;
+                continue;
+            }
+            b'[' => {
+                // RFC 5322 §3.4.1: domain-literal.
+                let end = skip_delimited(b, i, b']', "unbalanced square bracket")?;
+                tokens.push(Token {
+                    kind: Kind::DomainLiteral,
+                    text: s.get(i..end).unwrap_or_default(),
+                    space_before: space,
+                });
+                space = false;
+                i = end;
+                continue;
+            }
+            b']' => return Err(Refusal::Ambiguous("unbalanced square bracket")),
+            // RFC 5322 §3.2.1: a quoted-pair exists only inside a quoted
+            // string, a comment or a domain literal. Outside them parsers
+            // disagree on what `\,` means (espoofer server_a17).
+            b'\\' => {
+                return Err(Refusal::Ambiguous(
+                    "quoted-pair outside quoted string or comment",
+                ));
+            }
+            b'.' => Kind::Dot,
+            b'<' => Kind::Lt,
+            b'>' => Kind::Gt,
+            b'@' => Kind::At,
+            b',' => Kind::Comma,
+            b';' => Kind::Semi,
+            b':' => Kind::Colon,
+            c if is_atext(c) => {
+                let start = i;
+                while b.get(i).copied().is_some_and(is_atext) {
+                    i += 1;
+                }
+                tokens.push(Token {
+                    kind: Kind::Atom,
+                    text: s.get(start..i).unwrap_or_default(),
+                    space_before: space,
+                });
+                space = false;
+                continue;
+            }
+            _ => return Err(Refusal::Malformed("control character in From")),
+        };
+        tokens.push(Token {
+            kind: single,
+            text: s.get(i..i + 1).unwrap_or_default(),
+            space_before: space,
+        });
+        space = false;
+        i += 1;
+    }
+    Ok(Lexed { tokens, comments })
+}
+
+/// Skip a (nested) comment starting at `start` (the `(`); return the index
+/// after its closing `)`. Iterative, so the cost is linear in its length.
+fn skip_comment(b: &[u8], start: usize) -> Result<usize, Refusal> {
+    let mut depth: usize = 0;
+    let mut i = start;
+    loop {
+        match b.get(i) {
+            None => return Err(Refusal::Ambiguous("unbalanced parenthesis")),
+            Some(b'(') => {
+                depth += 1;
+                if depth > MAX_COMMENT_DEPTH {
+                    return Err(Refusal::Malformed("comments nested too deeply"));
+                }
+            }
+            Some(b')') => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return Ok(i + 1);
+                }
+            }
+            // RFC 5322 §3.2.2: quoted-pair inside ccontent.
+            Some(b'\\') => {
+                i += 1;
+                match b.get(i) {
+                    None => return Err(Refusal::Ambiguous("unbalanced parenthesis")),
+                    Some(&c) if is_forbidden_ctl(c) => {
+                        return Err(Refusal::Malformed("control character in From"));
+                    }
+                    Some(_) => {}
+                }
+            }
+            Some(&c) if is_forbidden_ctl(c) => {
+                return Err(Refusal::Malformed("control character in From"));
+            }
+            Some(_) => {}
+        }
+        i += 1;
+    }
+}
+
+/// Skip a quoted string or domain literal starting at `start`; return the
+/// index after the closing delimiter.
+fn skip_delimited(
+    b: &[u8],
+    start: usize,
+    close: u8,
+    unbalanced: &'static str,
+) -> Result<usize, Refusal> {
+    let mut i = start + 1;
+    loop {
+        match b.get(i) {
+            None => return Err(Refusal::Ambiguous(unbalanced)),
+            Some(&c) if c == close => return Ok(i + 1),
+            // RFC 5322 §3.4.1: dtext excludes `[`, so a nested one is invalid.
+            Some(b'[') if close == b']' => {
+                return Err(Refusal::Malformed("invalid domain literal"));
+            }
+            // RFC 5322 §3.2.1: quoted-pair.
+            Some(b'\\') => {
+                i += 1;
+                match b.get(i) {
+                    None => return Err(Refusal::Ambiguous(unbalanced)),
+                    Some(&c) if is_forbidden_ctl(c) => {
+                        return Err(Refusal::Malformed("control character in From"));
+                    }
+                    Some(_) => {}
+                }
+            }
+            Some(&c) if is_forbidden_ctl(c) => {
+                return Err(Refusal::Malformed("control character in From"));
+            }
+            Some(_) => {}
+        }
+        i += 1;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Parser
+// ---------------------------------------------------------------------------
+
+/// One mailbox found in the field.
+struct Mailbox {
+    address: String,
+    domain: String,
+    /// Its display name, quoted strings unescaped, encoded-words not yet decoded.
+    display: String,
+}
+
+#[derive(Default)]
+struct Found {
+    count: usize,
+    first: Option<Mailbox>,
+    domains: Vec<String>,
+    group_names: Vec<String>,
+}
+
+impl Found {
+    fn push(&mut self, mb: Mailbox) {
+        self.count = self.count.saturating_add(1);
+        if self.domains.len() < MAX_DOMAINS_KEPT && !self.domains.contains(&mb.domain) {
+            self.domains.push(mb.domain.clone());
+        }
+        if self.first.is_none() {
+            self.first = Some(mb);
+        }
+    }
+}
+
+struct Parser<'t, 's> {
+    toks: &'t [Token<'s>],
+    pos: usize,
+}
+
+fn is_word(kind: Option<Kind>) -> bool {
+    matches!(kind, Some(Kind::Atom | Kind::Quoted | Kind::Dot))
+}
+
+impl<'t, 's> Parser<'t, 's> {
+    fn kind(&self) -> Option<Kind> {
+        self.toks.get(self.pos).map(|t| t.kind)
+    }
+
+    fn bump(&mut self) {
+        self.pos = self.pos.saturating_add(1);
+    }
+
+    /// Consume words (atoms, quoted strings, dots) and return them.
+    fn words(&mut self) -> &'t [Token<'s>] {
+        let start = self.pos;
+        while is_word(self.kind()) {
+            self.bump();
+        }
+        self.toks.get(start..self.pos).unwrap_or_default()
+    }
+
+    /// RFC 5322 §3.4 address-list / mailbox-list; with `in_group`, a
+    /// group-list ending before `;`.
+    fn list(&mut self, found: &mut Found, in_group: bool) -> Result<(), Refusal> {
+        loop {
+            // RFC 5322 §4.4: obs-addr-list and obs-mbox-list allow empty
+            // list elements.
+            while self.kind() == Some(Kind::Comma) {
+                self.bump();
+            }
+            match self.kind() {
+                None if in_group => return Err(Refusal::Malformed("group not terminated")),
+                None => return Ok(()),
+                Some(Kind::Semi) if in_group => return Ok(()),
+                _ => {}
+            }
+            self.address(found, in_group)?;
+        }
+    }
+
+    /// RFC 5322 §3.4: address = mailbox / group; mailbox = name-addr / addr-spec.
+    /// On success the next token is a comma, the end, or (in a group) `;`.
+    fn address(&mut self, found: &mut Found, in_group: bool) -> Result<(), Refusal> {
+        // RFC 5322 §3.2.5 / §4.1: a phrase (obs-phrase allows dots) or the
+        // local part of an addr-spec; the next special decides which.
+        let words = self.words();
+        match self.kind() {
+            Some(Kind::Lt) => {
+                // RFC 5322 §3.4: name-addr = [display-name] angle-addr.
+                self.bump();
+                let (address, domain) = self.angle_addr()?;
+                // RFC 5322 §3.4: only CFWS may follow the `>`; text after it
+                // is read as the address by some parsers (espoofer server_a19).
+                match self.kind() {
+                    None | Some(Kind::Comma) => {}
+                    Some(Kind::Semi) if in_group => {}
+                    Some(Kind::Semi) => return Err(Refusal::Ambiguous("semicolon outside group")),
+                    Some(_) => return Err(Refusal::Ambiguous("text after angle address")),
+                }
+                found.push(Mailbox {
+                    address,
+                    domain,
+                    display: phrase_text(words),
+                });
+                Ok(())
+            }
+            Some(Kind::Colon) => {
+                // RFC 5322 §3.4: group = display-name ":" [group-list] ";" [CFWS].
+                if in_group {
+                    return Err(Refusal::Malformed("nested group"));
+                }
+                if words.is_empty() {
+                    return Err(Refusal::Malformed("group without display name"));
+                }
+                self.bump();
+                found.group_names.push(phrase_text(words));
+                self.list(found, true)?;
+                self.bump(); // the `;` that ended the group-list
+                match self.kind() {
+                    None | Some(Kind::Comma) => Ok(()),
+                    Some(Kind::Semi) => Err(Refusal::Ambiguous("semicolon outside group")),
+                    Some(_) => Err(Refusal::Ambiguous("text after group")),
+                }
+            }
+            Some(Kind::At) => {
+                // RFC 5322 §3.4.1: addr-spec = local-part "@" domain.
+                let local = local_part(words)?;
+                self.bump();
+                let domain = self.domain()?;
+                match self.kind() {
+                    None | Some(Kind::Comma) => {}
+                    Some(Kind::Semi) if in_group => {}
+                    Some(Kind::Semi) => return Err(Refusal::Ambiguous("semicolon outside group")),
+                    // `admin@victim <x@attack>`: an unquoted `@` in what
+                    // would be the display name.
+                    Some(Kind::Lt | Kind::Colon) => {
+                        return Err(Refusal::Ambiguous("unquoted @ in display name"));
+                    }
+                    Some(Kind::At) => return Err(Refusal::Ambiguous("more than one @ in address")),
+                    Some(Kind::Gt) => return Err(Refusal::Ambiguous("unbalanced angle bracket")),
+                    Some(_) => {
+                        return Err(Refusal::Ambiguous("address followed by text without comma"));
+                    }
+                }
+                found.push(Mailbox {
+                    address: format!("{local}@{domain}"),
+                    domain,
+                    display: String::new(),
+                });
+                Ok(())
+            }
+            Some(Kind::Gt) => Err(Refusal::Ambiguous("unbalanced angle bracket")),
+            Some(Kind::DomainLiteral) => Err(Refusal::Malformed("misplaced domain literal")),
+            // Only reachable outside a group: `list` stops at `;` in one.
+            Some(Kind::Semi) if words.is_empty() => {
+                Err(Refusal::Ambiguous("semicolon outside group"))
+            }
+            // A phrase with no address at all. An MUA that decodes an
+            // encoded-word may show an address here (espoofer server_a15).
+            Some(Kind::Semi | Kind::Comma) | None => {
+                let text = phrase_text(words);
+                if !text.contains('@') && decode_encoded_words(&text).contains('@') {
+                    Err(Refusal::Ambiguous("encoded-word hides an address"))
+                } else {
+                    Err(Refusal::Ambiguous("missing @ in address"))
+                }
+            }
+            // `words` stops only at a special, so no other kind follows it.
+            Some(Kind::Atom | Kind::Quoted | Kind::Dot) => {
+                Err(Refusal::Malformed("unexpected token"))
+            }
+        }
+    }
+
+    /// After `<`: RFC 5322 §3.4 angle-addr, or §4.4 obs-angle-addr with a
+    /// route. Consumes the closing `>`. Returns (address, domain).
+    fn angle_addr(&mut self) -> Result<(String, String), Refusal> {
+        if matches!(self.kind(), Some(Kind::At | Kind::Comma)) {
+            self.route()?;
+        }
+        let words = self.words();
+        match self.kind() {
+            Some(Kind::At) => {}
+            Some(Kind::Gt) if words.is_empty() => {
+                return Err(Refusal::Malformed("empty angle address"));
+            }
+            Some(Kind::Gt) => return Err(Refusal::Ambiguous("missing @ in address")),
+            None | Some(Kind::Lt) => return Err(Refusal::Ambiguous("unbalanced angle bracket")),
+            Some(_) => return Err(Refusal::Ambiguous("unexpected text in angle address")),
+        }
+        let local = local_part(words)?;
+        self.bump();
+        let domain = self.domain()?;
+        match self.kind() {
+            // RFC 5322 §3.4: CFWS may precede the `>` (`<test@facebook.com >`).
+            Some(Kind::Gt) => {
+                self.bump();
+                Ok((format!("{local}@{domain}"), domain))
+            }
+            Some(Kind::At) => Err(Refusal::Ambiguous("more than one @ in address")),
+            None | Some(Kind::Lt) => Err(Refusal::Ambiguous("unbalanced angle bracket")),
+            Some(_) => Err(Refusal::Ambiguous("unexpected text in angle address")),
+        }
+    }
+
+    /// RFC 5322 §4.4: obs-route = obs-domain-list ":", where obs-domain-list =
+    /// *(CFWS / ",") "@" domain *("," [CFWS] ["@" domain]). The route is
+    /// dropped; only the addr-spec after it names the author.
+    fn route(&mut self) -> Result<(), Refusal> {
+        let mut domains = 0usize;
+        loop {
+            while self.kind() == Some(Kind::Comma) {
+                self.bump();
+            }
+            match self.kind() {
+                Some(Kind::At) => {
+                    self.bump();
+                    self.route_domain()?;
+                    domains += 1;
+                }
+                Some(Kind::Colon) if domains > 0 => {
+                    self.bump();
+                    return Ok(());
+                }
+                // `<@example.com>`: a route-like start with no local part.
+                Some(Kind::Gt) if domains > 0 => {
+                    return Err(Refusal::Malformed("empty local part"));
+                }
+                None => return Err(Refusal::Ambiguous("unbalanced angle bracket")),
+                Some(_) => return Err(Refusal::Malformed("invalid route")),
+            }
+        }
+    }
+
+    fn route_domain(&mut self) -> Result<(), Refusal> {
+        match self.kind() {
+            Some(Kind::DomainLiteral) => {
+                self.bump();
+                Ok(())
+            }
+            Some(Kind::Atom) => {
+                while matches!(self.kind(), Some(Kind::Atom | Kind::Dot)) {
+                    self.bump();
+                }
+                Ok(())
+            }
+            _ => Err(Refusal::Malformed("invalid route")),
+        }
+    }
+
+    /// After `@`: RFC 5322 §3.4.1 domain = dot-atom / domain-literal /
+    /// obs-domain. Returns the normalised author domain.
+    fn domain(&mut self) -> Result<String, Refusal> {
+        match self.kind() {
+            // RFC 7489 §6.6.1: the author domain is a domain name; an
+            // address literal has no DMARC policy to look up.
+            Some(Kind::DomainLiteral) => return Err(Refusal::Malformed("address literal in From")),
+            Some(Kind::Atom | Kind::Dot) => {}
+            _ => return Err(Refusal::Malformed("empty domain")),
+        }
+        let mut raw = String::new();
+        let mut first = true;
+        let mut last_atom = false;
+        while let Some(t) = self.toks.get(self.pos) {
+            match t.kind {
+                Kind::Atom if !last_atom => last_atom = true,
+                Kind::Dot => last_atom = false,
+                _ => break,
+            }
+            // RFC 5322 §4.4: obs-domain allows CFWS around the dots, but
+            // parsers that do not implement it cut the domain at the space
+            // or comment, so rmilter refuses it as ambiguous.
+            if !first && t.space_before {
+                return Err(Refusal::Ambiguous("whitespace inside domain"));
+            }
+            raw.push_str(t.text);
+            first = false;
+            self.bump();
+        }
+        normalise_domain(&raw)
+    }
+}
+
+/// RFC 5322 §3.4.1 local-part = dot-atom / quoted-string / obs-local-part
+/// (§4.4: word *("." word)). Returns the local part as written, without CFWS.
+///
+/// Dots at the start or end and doubled dots are tolerated (seen in real
+/// mail, and they do not touch the domain); two words with no dot between
+/// them are not.
+fn local_part(words: &[Token<'_>]) -> Result<String, Refusal> {
+    let mut out = String::new();
+    let mut prev_word = false;
+    let mut content = false;
+    for t in words {
+        match t.kind {
+            Kind::Dot => {
+                out.push('.');
+                prev_word = false;
+            }
+            Kind::Atom | Kind::Quoted => {
+                if prev_word {
+                    return Err(Refusal::Malformed("invalid local part"));
+                }
+                if t.kind == Kind::Atom || t.text.len() > 2 {
+                    content = true;
+                }
+                out.push_str(t.text);
+                prev_word = true;
+            }
+            _ => return Err(Refusal::Malformed("invalid local part")),
+        }
+    }
+    if !content {
+        return Err(Refusal::Malformed("empty local part"));
+    }
+    Ok(out)
+}
+
+/// The display text of a phrase: words joined as written, quoted strings
+/// unescaped. Encoded-words are left for [`decode_encoded_words`].
+fn phrase_text(words: &[Token<'_>]) -> String {
+    let mut out = String::new();
+    for (i, t) in words.iter().enumerate() {
+        if i > 0 && t.space_before {
+            out.push(' ');
+        }
+        match t.kind {
+            Kind::Quoted => {
+                let inner = t
+                    .text
+                    .get(1..t.text.len().saturating_sub(1))
+                    .unwrap_or_default();
+                out.push_str(&unescape(inner));
+            }
+            _ => out.push_str(t.text),
+        }
+    }
+    out
+}
+
+/// Remove the backslash of each quoted-pair (RFC 5322 §3.2.1).
+fn unescape(s: &str) -> Cow<'_, str> {
+    if !s.contains('\\') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+// ---------------------------------------------------------------------------
+// Domains
+// ---------------------------------------------------------------------------
+
+/// Turn a domain as written into the author domain: lower-case A-labels, no
+/// trailing dot, LDH labels within the DNS limits.
+fn normalise_domain(raw: &str) -> Result<String, Refusal> {
+    // RFC 1034 §3.1: one trailing dot (the root) names the same domain.
+    let d = raw.strip_suffix('.').unwrap_or(raw);
+    if d.is_empty() {
+        return Err(Refusal::Malformed("empty domain"));
+    }
+    if d.len() > MAX_RAW_DOMAIN {
+        return Err(Refusal::Malformed("domain too long"));
+    }
+    if d.split('.').any(str::is_empty) {
+        return Err(Refusal::Malformed("empty domain label"));
+    }
+    // RFC 9989 §5.3.1, RFC 5891 §5: U-labels become A-labels before any
+    // DNS query.
+    let ascii =
+        idna::domain_to_ascii(d).map_err(|_| Refusal::Malformed("invalid international domain"))?;
+    // RELIABILITY F8: UTS-46 mapping other than case folding (full-width
+    // letters, ideographic dots, ignored characters) is not silently
+    // accepted; the label must round-trip to exactly what was written.
+    let lower = d.to_lowercase();
+    // A non-ASCII character that lower-cases into ASCII (KELVIN SIGN to `k`)
+    // is a confusable, not a case variant: refuse it rather than fold it
+    // into a match.
+    if d.chars()
+        .any(|c| !c.is_ascii() && c.to_lowercase().any(|l| l.is_ascii()))
+    {
+        return Err(Refusal::Malformed("domain not in normalised form"));
+    }
+    let mut written = lower.split('.');
+    let mut converted = ascii.split('.');
+    loop {
+        match (written.next(), converted.next()) {
+            (None, None) => break,
+            (Some(w), Some(a)) => {
+                let same = if w.is_ascii() {
+                    w == a
+                } else {
+                    let (u, r) = idna::domain_to_unicode(a);
+                    r.is_ok() && u == w
+                };
+                if !same {
+                    return Err(Refusal::Malformed("domain not in normalised form"));
+                }
+            }
+            _ => return Err(Refusal::Malformed("domain not in normalised form")),
+        }
+    }
+    // RFC 1035 §2.3.4: name and label lengths.
+    if ascii.len() > MAX_DOMAIN_OCTETS {
+        return Err(Refusal::Malformed("domain too long"));
+    }
+    let mut last = "";
+    for label in ascii.split('.') {
+        if label.is_empty() {
+            return Err(Refusal::Malformed("empty domain label"));
+        }
+        if label.len() > MAX_LABEL_OCTETS {
+            return Err(Refusal::Malformed("domain label too long"));
+        }
+        // RFC 1123 §2.1 / RFC 5890 §2.3.1: LDH labels, no hyphen at either end.
+        let ldh = label
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+        if !ldh || label.starts_with('-') || label.ends_with('-') {
+            return Err(Refusal::Malformed("invalid domain"));
+        }
+        last = label;
+    }
+    // RFC 3696 §2: a top-level label is never all-numeric; `a@192.0.2.1`
+    // is an address literal without its brackets.
+    if last.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(Refusal::Malformed("numeric top-level label"));
+    }
+    Ok(ascii)
+}
+
+// ---------------------------------------------------------------------------
+// Display-name check and RFC 2047
+// ---------------------------------------------------------------------------
+
+/// RFC 9989 §11.4: find the first `local@domain` in display text (after
+/// decoding encoded-words) whose domain differs from the author domain.
+fn other_display_domain<'a>(
+    texts: impl Iterator<Item = Cow<'a, str>>,
+    author_domain: &str,
+) -> Option<String> {
+    for text in texts {
+        if text.is_empty() {
+            continue;
+        }
+        let decoded = decode_encoded_words(&text);
+        for candidate in at_domains(&decoded) {
+            let shown = normalise_domain(candidate)
+                .unwrap_or_else(|_| candidate.trim_end_matches('.').to_lowercase());
+            if shown != author_domain {
+                return Some(shown);
+            }
+        }
+    }
+    None
+}
+
+fn is_domain_char(c: char) -> bool {
+    // Letters and digits of any script, so that confusable or full-width
+    // domains are caught; the dots UTS-46 maps to `.` likewise.
+    c.is_alphanumeric() || matches!(c, '-' | '.' | '_' | '\u{3002}' | '\u{ff0e}' | '\u{ff61}')
+}
+
+/// The domains of the `x@domain` patterns in `text`. The `@` must follow a
+/// non-space character that could end a local part, so `(@handle)` is not
+/// an address.
+fn at_domains(text: &str) -> impl Iterator<Item = &str> {
+    text.match_indices('@').filter_map(|(i, _)| {
+        let before = text.get(..i)?.chars().next_back()?;
+        if before.is_whitespace() || matches!(before, '(' | '<' | '[' | ',' | ';' | ':' | '@') {
+            return None;
+        }
+        let rest = text.get(i + 1..)?;
+        let end = rest
+            .char_indices()
+            .find(|&(_, c)| !is_domain_char(c))
+            .map_or(rest.len(), |(j, _)| j);
+        let candidate = rest.get(..end)?.trim_end_matches('.');
+        (!candidate.is_empty()).then_some(candidate)
+    })
+}
+
+/// Decode RFC 2047 encoded-words wherever they appear in `text` (leniently:
+/// MUAs decode them in places RFC 2047 §5 does not allow, and this is used to
+/// see what an MUA may show). Whitespace between two adjacent encoded-words
+/// is dropped (RFC 2047 §6.2). Undecodable words stay as written.
+fn decode_encoded_words(text: &str) -> Cow<'_, str> {
+    if !text.contains("=?") {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut after_word = false;
+    while let Some(idx) = rest.find("=?") {
+        let before = rest.get(..idx).unwrap_or_default();
+        let tail = rest.get(idx..).unwrap_or_default();
+        match decode_one(tail) {
+            Some((decoded, used)) => {
+                if !(after_word && before.chars().all(|c| c == ' ' || c == '\t')) {
+                    out.push_str(before);
+                }
+                out.push_str(&decoded);
+                after_word = true;
+                rest = tail.get(used..).unwrap_or_default();
+            }
+            None => {
+                out.push_str(before);
+                out.push_str("=?");
+                after_word = false;
+                rest = tail.get(2..).unwrap_or_default();
+            }
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
+/// RFC 2047 §2: `=?charset?encoding?encoded-text?=` at the start of `s`.
+/// Returns the decoded text and the number of bytes used.
+fn decode_one(s: &str) -> Option<(String, usize)> {
+    let body = s.strip_prefix("=?")?;
+    let q1 = body.find('?')?;
+    let charset = body.get(..q1)?;
+    if charset.is_empty() || charset.contains(|c: char| c.is_whitespace()) {
+        return None;
+    }
+    // RFC 2231 §5: a language tag may follow the charset after `*`.
+    let charset = charset.split('*').next().unwrap_or_default();
+    let after = body.get(q1 + 1..)?;
+    let mut enc_chars = after.chars();
+    let encoding = enc_chars.next()?;
+    if enc_chars.next()? != '?' {
+        return None;
+    }
+    let data_start = encoding.len_utf8() + 1;
+    let data_and_rest = after.get(data_start..)?;
+    let end = data_and_rest.find('?')?;
+    if data_and_rest.get(end + 1..end + 2)? != "=" {
+        return None;
+    }
+    let data = data_and_rest.get(..end)?;
+    if data.contains(|c: char| c.is_whitespace()) {
+        return None;
+    }
+    let bytes = match encoding {
+        // RFC 2047 §4.1: the "B" encoding is base64 (RFC 2045 §6.8).
+        'B' | 'b' => decode_base64(data)?,
+        // RFC 2047 §4.2: the "Q" encoding.
+        'Q' | 'q' => decode_q(data)?,
+        _ => return None,
+    };
+    let decoded = if charset.eq_ignore_ascii_case("utf-8") {
+        String::from_utf8(bytes).ok()?
+    } else if charset.eq_ignore_ascii_case("us-ascii") {
+        if !bytes.is_ascii() {
+            return None;
+        }
+        String::from_utf8(bytes).ok()?
+    } else if charset.eq_ignore_ascii_case("iso-8859-1") {
+        bytes.iter().map(|&b| char::from(b)).collect()
+    } else {
+        return None;
+    };
+    // "=?" + charset "?" + encoding "?" + data "?="
+    let used = 2 + q1 + 1 + data_start + end + 2;
+    Some((decoded, used))
+}
+
+fn decode_base64(data: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(data.len() / 4 * 3 + 3);
+    let mut acc: u32 = 0;
+    let mut bits: u32 = 0;
+    let mut padding = false;
+    for c in data.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => {
+                padding = true;
+                continue;
+            }
+            _ => return None,
+        };
+        if padding {
+            return None;
+        }
+        acc = ((acc << 6) | u32::from(v)) & 0xffff;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(((acc >> bits) & 0xff) as u8);
+        }
+    }
+    Some(out)
+}
+
+fn decode_q(data: &str) -> Option<Vec<u8>> {
+    let b = data.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'_' => out.push(b' '),
+            b'=' => {
+                let hi = hex_value(*b.get(i + 1)?)?;
+                let lo = hex_value(*b.get(i + 2)?)?;
+                out.push((hi << 4) | lo);
+                i += 2;
+            }
+            _ => out.push(c),
+        }
+        i += 1;
+    }
+    Some(out)
+}
+
+fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(value: &str) -> Result<Author, Refusal> {
+        author([(b"From".as_slice(), value.as_bytes())])
+    }
+
+    fn fields(list: &[(&str, &str)]) -> Result<Author, Refusal> {
+        author(list.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+    }
+
+    fn ok(address: &str, domain: &str) -> Result<Author, Refusal> {
+        Ok(Author {
+            address: address.to_owned(),
+            domain: domain.to_owned(),
+            display_domain: None,
+        })
+    }
+
+    fn shown(address: &str, domain: &str, display: &str) -> Result<Author, Refusal> {
+        Ok(Author {
+            address: address.to_owned(),
+            domain: domain.to_owned(),
+            display_domain: Some(display.to_owned()),
+        })
+    }
+
+    fn several(count: usize, domains: &[&str]) -> Result<Author, Refusal> {
+        Err(Refusal::SeveralAddresses {
+            count,
+            domains: domains.iter().map(|d| (*d).to_owned()).collect(),
+        })
+    }
+
+    fn malformed(reason: &'static str) -> Result<Author, Refusal> {
+        Err(Refusal::Malformed(reason))
+    }
+
+    fn ambiguous(reason: &'static str) -> Result<Author, Refusal> {
+        Err(Refusal::Ambiguous(reason))
+    }
+
+    /// Single From field values: (case, value, expected).
+    fn value_cases() -> Vec<(&'static str, &'static str, Result<Author, Refusal>)> {
+        vec![
+            // Plain and valid forms.
+            ("plain", "a@b.c", ok("a@b.c", "b.c")),
+            ("leading space", " a@b.c", ok("a@b.c", "b.c")),
+            ("angle only", " <a@b.c>", ok("a@b.c", "b.c")),
+            (
+                "atom display name",
+                " Jane Doe <jane@x.org>",
+                ok("jane@x.org", "x.org"),
+            ),
+            (
+                "quoted comma and escaped quotes",
+                r#" "Doe, John \"JD\"" <j@x.org>"#,
+                ok("j@x.org", "x.org"),
+            ),
+            (
+                "opendmarc #104",
+                r#" "'X, Y' via Z" <z@list.example>"#,
+                ok("z@list.example", "list.example"),
+            ),
+            (
+                "obs-phrase with dot",
+                " J. Doe <j@x.org>",
+                ok("j@x.org", "x.org"),
+            ),
+            ("trailing comma (obs)", " a@b.c,", ok("a@b.c", "b.c")),
+            ("leading comma (obs)", " , <a@b.c>", ok("a@b.c", "b.c")),
+            ("comment after address", " a@b.c (Jane)", ok("a@b.c", "b.c")),
+            (
+                "cfws before >",
+                " <test@facebook.com >",
+                ok("test@facebook.com", "facebook.com"),
+            ),
+            (
+                "cfws after <",
+                " < test@facebook.com>",
+                ok("test@facebook.com", "facebook.com"),
+            ),
+            (
+                "obs cfws in local part",
+                " john . doe @x.org",
+                ok("john.doe@x.org", "x.org"),
+            ),
+            (
+                "quoted local part",
+                r#" "john doe"@x.org"#,
+                ok(r#""john doe"@x.org"#, "x.org"),
+            ),
+            (
+                "quoted local part with @",
+                r#" "a@b"@c.example"#,
+                ok(r#""a@b"@c.example"#, "c.example"),
+            ),
+            (
+                "doubled dot in local part",
+                " foo..bar@docomo.ne.jp",
+                ok("foo..bar@docomo.ne.jp", "docomo.ne.jp"),
+            ),
+            (
+                "trailing dot in local part",
+                " foo.@docomo.ne.jp",
+                ok("foo.@docomo.ne.jp", "docomo.ne.jp"),
+            ),
+            (
+                "upper case and trailing dot",
+                " User@Example.COM.",
+                ok("User@example.com", "example.com"),
+            ),
+            (
+                "trailing dot in angle",
+                " <u@example.com.>",
+                ok("u@example.com", "example.com"),
+            ),
+            (
+                "u-label",
+                " user@bücher.example",
+                ok("user@xn--bcher-kva.example", "xn--bcher-kva.example"),
+            ),
+            (
+                "upper-case u-label",
+                " user@BÜCHER.example",
+                ok("user@xn--bcher-kva.example", "xn--bcher-kva.example"),
+            ),
+            (
+                "a-label",
+                " user@XN--BCHER-KVA.example",
+                ok("user@xn--bcher-kva.example", "xn--bcher-kva.example"),
+            ),
+            (
+                "smtputf8",
+                " δοκιμή <χρήστης@παράδειγμα.δοκιμή>",
+                ok(
+                    "χρήστης@xn--hxajbheg2az3al.xn--jxalpdlp",
+                    "xn--hxajbheg2az3al.xn--jxalpdlp",
+                ),
+            ),
+            (
+                "route (server_a16)",
+                " <@attack.com,@any.com:admin@legitimate.com>",
+                ok("admin@legitimate.com", "legitimate.com"),
+            ),
+            (
+                "route with cfws",
+                " < @a.example , @b.example : x@c.example >",
+                ok("x@c.example", "c.example"),
+            ),
+            (
+                "route with literal",
+                " <@[192.0.2.1]:x@c.example>",
+                ok("x@c.example", "c.example"),
+            ),
+            (
+                "group with one member",
+                " team: a@x.example;",
+                ok("a@x.example", "x.example"),
+            ),
+            (
+                "comment inside domain tail",
+                " x@attack.com(.legitimate.com)",
+                ok("x@attack.com", "attack.com"),
+            ),
+            (
+                "encoded-word local part not decoded",
+                " =?utf-8?q?admin=40victim.example?=@attack.example",
+                ok(
+                    "=?utf-8?q?admin=40victim.example?=@attack.example",
+                    "attack.example",
+                ),
+            ),
+            // Display-name and comment addresses (RFC 9989 §11.4).
+            (
+                "comment with address",
+                " Foo (ceo@victim) <x@attack>",
+                shown("x@attack", "attack", "victim"),
+            ),
+            (
+                "comment with fqdn",
+                " Foo (ceo@victim.example) <x@attack.example>",
+                shown("x@attack.example", "attack.example", "victim.example"),
+            ),
+            (
+                "encoded-word display name",
+                " =?utf-8?b?PGFkbWluQHZpY3RpbS5leGFtcGxlPg==?= <x@attack.example>",
+                shown("x@attack.example", "attack.example", "victim.example"),
+            ),
+            (
+                "quoted display address",
+                r#" "admin@victim.example" <x@attack.example>"#,
+                shown("x@attack.example", "attack.example", "victim.example"),
+            ),
+            (
+                "quoted display same domain",
+                r#" "CEO@Attack.Example" <x@attack.example>"#,
+                ok("x@attack.example", "attack.example"),
+            ),
+            (
+                "display u-label same domain",
+                r#" "a@BÜCHER.example" <x@xn--bcher-kva.example>"#,
+                ok("x@xn--bcher-kva.example", "xn--bcher-kva.example"),
+            ),
+            (
+                "q-encoded latin1 display",
+                " =?iso-8859-1?q?admin=40victim.example?= <x@attack.example>",
+                shown("x@attack.example", "attack.example", "victim.example"),
+            ),
+            (
+                "adjacent encoded-words",
+                " =?utf-8?q?admin?= =?utf-8?q?=40victim.example?= <x@attack.example>",
+                shown("x@attack.example", "attack.example", "victim.example"),
+            ),
+            (
+                "encoded-word in comment",
+                " (=?us-ascii?q?ceo=40victim.example?=) x@attack.example",
+                shown("x@attack.example", "attack.example", "victim.example"),
+            ),
+            (
+                "unknown charset left undecoded",
+                " =?koi8-r?b?PGFkbWluQHZpY3RpbS5leGFtcGxlPg==?= <x@attack.example>",
+                ok("x@attack.example", "attack.example"),
+            ),
+            (
+                "full-width display domain",
+                r#" "admin@ｖictim.example" <x@victim.example>"#,
+                shown("x@victim.example", "victim.example", "ｖictim.example"),
+            ),
+            (
+                "group name with address",
+                r#" "admin@victim.example": x@attack.example;"#,
+                shown("x@attack.example", "attack.example", "victim.example"),
+            ),
+            (
+                "handle is not an address",
+                " Jane (@jane) <jane@x.example>",
+                ok("jane@x.example", "x.example"),
+            ),
+            // Several mailboxes.
+            (
+                "server_a14",
+                " <first@attack.com>, <admin@legitimate.com>",
+                several(2, &["attack.com", "legitimate.com"]),
+            ),
+            (
+                "server_a18",
+                " admin@legitimate.com,<second@attack.com>",
+                several(2, &["legitimate.com", "attack.com"]),
+            ),
+            (
+                "client_a2",
+                " <attacker@example.com>, <admin@example.com>",
+                several(2, &["example.com"]),
+            ),
+            (
+                "same domain twice",
+                " a@x.example, b@X.example.",
+                several(2, &["x.example"]),
+            ),
+            (
+                "group with two members",
+                " team: a@attack.example, b@victim.example;",
+                several(2, &["attack.example", "victim.example"]),
+            ),
+            (
+                "group then mailbox",
+                " g: a@x.example;, b@y.example",
+                several(2, &["x.example", "y.example"]),
+            ),
+            // No mailbox.
+            ("empty value", "", Err(Refusal::NoAddress)),
+            ("blank value", "   ", Err(Refusal::NoAddress)),
+            ("comment only", " (nobody)", Err(Refusal::NoAddress)),
+            ("only commas", " , ,", Err(Refusal::NoAddress)),
+            (
+                "empty group",
+                " undisclosed-recipients:;",
+                Err(Refusal::NoAddress),
+            ),
+            // Ambiguous.
+            (
+                "server_a15",
+                "=?utf-8?B?PGFkbWluQGxlZ2l0aW1hdGUuY29tPg==?=,<second@attack.com>",
+                ambiguous("encoded-word hides an address"),
+            ),
+            (
+                "server_a17",
+                " <admin@legitimate.com>\\,<second@attack.com>",
+                ambiguous("quoted-pair outside quoted string or comment"),
+            ),
+            (
+                "server_a19",
+                " <any@attack.com>admin@legitimate.com",
+                ambiguous("text after angle address"),
+            ),
+            (
+                "two angle addrs",
+                " <x@attack.example> <y@victim.example>",
+                ambiguous("text after angle address"),
+            ),
+            (
+                "unbalanced > (f7)",
+                " user@example.net>",
+                ambiguous("unbalanced angle bracket"),
+            ),
+            (
+                "unbalanced <",
+                " Foo <x@y.example",
+                ambiguous("unbalanced angle bracket"),
+            ),
+            (
+                "< in display name",
+                " Foo < Bar <x@y.example>",
+                ambiguous("unbalanced angle bracket"),
+            ),
+            (
+                "> in display name",
+                " Foo > <x@y.example>",
+                ambiguous("unbalanced angle bracket"),
+            ),
+            (
+                "unbalanced quote",
+                " \"Foo <x@y.example>",
+                ambiguous("unbalanced quote"),
+            ),
+            (
+                "unbalanced (",
+                " Foo (bar <x@y.example>",
+                ambiguous("unbalanced parenthesis"),
+            ),
+            (
+                "unbalanced )",
+                " Foo) <x@y.example>",
+                ambiguous("unbalanced parenthesis"),
+            ),
+            (
+                "unbalanced ]",
+                " x@y.example]",
+                ambiguous("unbalanced square bracket"),
+            ),
+            (
+                "unquoted @ in display name",
+                " admin@victim.example <x@attack.example>",
+                ambiguous("unquoted @ in display name"),
+            ),
+            (
+                "bare addr then text",
+                " a@b.example c@d.example",
+                ambiguous("address followed by text without comma"),
+            ),
+            (
+                "bare addr then quoted",
+                " a@b.example \"x\"",
+                ambiguous("address followed by text without comma"),
+            ),
+            (
+                "semicolon list",
+                " a@b.example; c@d.example",
+                ambiguous("semicolon outside group"),
+            ),
+            ("missing @", " admin", ambiguous("missing @ in address")),
+            (
+                "missing @ in angle",
+                " <admin>",
+                ambiguous("missing @ in address"),
+            ),
+            (
+                "phrase without address",
+                " Foo Bar, x@y.example",
+                ambiguous("missing @ in address"),
+            ),
+            (
+                "two @ bare",
+                " a@b@c.example",
+                ambiguous("more than one @ in address"),
+            ),
+            (
+                "two @ angle",
+                " <a@b@c.example>",
+                ambiguous("more than one @ in address"),
+            ),
+            (
+                "comma inside angle",
+                " <a@b.example, c@d.example>",
+                ambiguous("unexpected text in angle address"),
+            ),
+            (
+                "space inside domain",
+                " x@legitimate .com",
+                ambiguous("whitespace inside domain"),
+            ),
+            (
+                "comment inside domain",
+                " x@legitimate.com(c).attack.com",
+                ambiguous("whitespace inside domain"),
+            ),
+            (
+                "text after group",
+                " g: a@x.example; b@y.example",
+                ambiguous("text after group"),
+            ),
+            // Malformed.
+            (
+                "address literal",
+                " user@[192.0.2.1]",
+                malformed("address literal in From"),
+            ),
+            (
+                "full-width domain",
+                " user@ｅxample.com",
+                malformed("domain not in normalised form"),
+            ),
+            (
+                "ideographic dot",
+                " user@example。com",
+                malformed("domain not in normalised form"),
+            ),
+            (
+                "zero-width joiner",
+                " user@exa\u{200d}mple.com",
+                malformed("invalid international domain"),
+            ),
+            (
+                "kelvin sign",
+                " user@\u{212a}ey.example",
+                malformed("domain not in normalised form"),
+            ),
+            (
+                "soft hyphen",
+                " user@exa\u{ad}mple.com",
+                malformed("domain not in normalised form"),
+            ),
+            (
+                "bogus a-label",
+                " user@xn--zz.example",
+                malformed("invalid international domain"),
+            ),
+            (
+                "quote in domain (a4 style)",
+                " x@legitimate.com'a.attack.com",
+                malformed("invalid domain"),
+            ),
+            (
+                "underscore in domain",
+                " x@under_score.example",
+                malformed("invalid domain"),
+            ),
+            (
+                "leading hyphen",
+                " x@-bad.example",
+                malformed("invalid domain"),
+            ),
+            (
+                "numeric tld",
+                " x@192.0.2.1",
+                malformed("numeric top-level label"),
+            ),
+            (
+                "double dot in domain",
+                " x@a..example",
+                malformed("empty domain label"),
+            ),
+            (
+                "two trailing dots",
+                " x@example.com..",
+                malformed("empty domain label"),
+            ),
+            ("empty domain", " x@", malformed("empty domain")),
+            ("empty domain in angle", " <x@>", malformed("empty domain")),
+            (
+                "empty local part",
+                " @example.com",
+                malformed("empty local part"),
+            ),
+            (
+                "empty quoted local part",
+                " \"\"@example.com",
+                malformed("empty local part"),
+            ),
+            (
+                "route without local part",
+                " <@example.com>",
+                malformed("empty local part"),
+            ),
+            ("empty angle", " <>", malformed("empty angle address")),
+            (
+                "two words in local part",
+                " Foo Bar@x.example",
+                malformed("invalid local part"),
+            ),
+            (
+                "nested group",
+                " a: b: c@d.example;;",
+                malformed("nested group"),
+            ),
+            (
+                "group not terminated",
+                " a: b@c.example",
+                malformed("group not terminated"),
+            ),
+            (
+                "group without name",
+                " : b@c.example;",
+                malformed("group without display name"),
+            ),
+            (
+                "domain literal in phrase",
+                " [x] <a@b.example>",
+                malformed("misplaced domain literal"),
+            ),
+            (
+                "control character",
+                " a@b.c\u{1}",
+                malformed("control character in From"),
+            ),
+            (
+                "del in quoted string",
+                " \"a\u{7f}\" <a@b.c>",
+                malformed("control character in From"),
+            ),
+            (
+                "nested [ in literal",
+                " x@[1[2]",
+                malformed("invalid domain literal"),
+            ),
+            ("bad route", " <,x@y.example>", malformed("invalid route")),
+        ]
+    }
+
+    #[test]
+    fn value_table() {
+        let mut failures = Vec::new();
+        for (case, value, expected) in value_cases() {
+            let got = gate(value);
+            println!("{case:40} | {value:?} | {got:?}");
+            if got != expected {
+                failures.push(format!(
+                    "{case}: {value:?}\n  got      {got:?}\n  expected {expected:?}"
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    type FieldCase = (
+        &'static str,
+        Vec<(&'static str, &'static str)>,
+        Result<Author, Refusal>,
+    );
+
+    #[test]
+    fn espoofer_header_lists() {
+        let cases: Vec<FieldCase> = vec![
+            (
+                "server_a8",
+                vec![
+                    ("From", " <first@attack.com>"),
+                    ("From", " <admin@legitimate.com>"),
+                ],
+                Err(Refusal::SeveralFromFields(2)),
+            ),
+            (
+                "server_a9 (leading space)",
+                vec![
+                    (" From", " <first@attack.com>"),
+                    ("From", " <admin@legitimate.com>"),
+                ],
+                malformed("malformed From field name"),
+            ),
+            (
+                "server_a10 (From :)",
+                vec![
+                    ("From", " <first@attack.com>"),
+                    ("From ", " <admin@legitimate.com>"),
+                ],
+                Err(Refusal::SeveralFromFields(2)),
+            ),
+            (
+                "server_a11 (folded name, crlf)",
+                vec![
+                    ("From\r\n ", " <first@attack.com>"),
+                    ("From", " <admin@legitimate.com>"),
+                ],
+                malformed("malformed From field name"),
+            ),
+            (
+                "server_a11 (folded name, lf)",
+                vec![
+                    ("From\n ", " <first@attack.com>"),
+                    ("From", " <admin@legitimate.com>"),
+                ],
+                malformed("malformed From field name"),
+            ),
+            (
+                "server_a12 (folded name + Sender)",
+                vec![
+                    ("From\r\n ", " <first@attack.com>"),
+                    ("Sender", " <admin@legitimate.com>"),
+                ],
+                malformed("malformed From field name"),
+            ),
+            (
+                "server_a12 (From lost, Sender only)",
+                vec![("Sender", " <admin@legitimate.com>")],
+                Err(Refusal::NoFrom),
+            ),
+            (
+                "server_a13 (folded name + Resent-From)",
+                vec![
+                    ("From\r\n ", " <first@attack.com>"),
+                    ("Resent-From", " <admin@legitimate.com>"),
+                ],
+                malformed("malformed From field name"),
+            ),
+            (
+                "server_a13 (From lost, Resent-From only)",
+                vec![("Resent-From", " <admin@legitimate.com>")],
+                Err(Refusal::NoFrom),
+            ),
+            (
+                "client_a1",
+                vec![
+                    ("From", " <attacker@example.com>"),
+                    ("From", " <admin@example.com>"),
+                ],
+                Err(Refusal::SeveralFromFields(2)),
+            ),
+            (
+                "two identical From",
+                vec![("From", " a@b.c"), ("From", " a@b.c")],
+                Err(Refusal::SeveralFromFields(2)),
+            ),
+            (
+                "three From among others",
+                vec![
+                    ("To", " x@y.z"),
+                    ("from", " a@b.c"),
+                    ("FROM", " a@b.c"),
+                    ("Subject", " hi"),
+                    ("fRoM", " a@b.c"),
+                ],
+                Err(Refusal::SeveralFromFields(3)),
+            ),
+            (
+                "no From",
+                vec![("To", " x@y.z"), ("Subject", " hi")],
+                Err(Refusal::NoFrom),
+            ),
+            ("no fields", vec![], Err(Refusal::NoFrom)),
+            ("FROM", vec![("FROM", " a@b.c")], ok("a@b.c", "b.c")),
+            ("fRoM", vec![("fRoM", " a@b.c")], ok("a@b.c", "b.c")),
+            (
+                "From with trailing space (obs)",
+                vec![("From ", " a@b.c")],
+                ok("a@b.c", "b.c"),
+            ),
+            (
+                "From with trailing tab (obs)",
+                vec![("From\t", " a@b.c")],
+                ok("a@b.c", "b.c"),
+            ),
+            (
+                "leading tab",
+                vec![("\tFrom", " a@b.c")],
+                malformed("malformed From field name"),
+            ),
+            (
+                "embedded space",
+                vec![("Fr om", " a@b.c")],
+                malformed("malformed From field name"),
+            ),
+            (
+                "nul in name",
+                vec![("From\0", " a@b.c")],
+                malformed("malformed From field name"),
+            ),
+            (
+                "ctl in name",
+                vec![("Fr\u{1}om", " a@b.c")],
+                malformed("malformed From field name"),
+            ),
+            (
+                "other names ignored",
+                vec![
+                    ("X-From", " x@y.z"),
+                    ("Froms", " x@y.z"),
+                    ("From", " a@b.c"),
+                ],
+                ok("a@b.c", "b.c"),
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (case, list, expected) in cases {
+            let got = fields(&list);
+            println!("{case:40} | {list:?} | {got:?}");
+            if got != expected {
+                failures.push(format!(
+                    "{case}\n  got      {got:?}\n  expected {expected:?}"
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn raw_value_checks() {
+        let from = |v: &[u8]| author([(b"From".as_slice(), v)]);
+        assert_eq!(from(b" a@b.c\0"), malformed("nul in From"));
+        assert_eq!(from(b" a\0@b.c"), malformed("nul in From"));
+        assert_eq!(from(b" a@b.c\rx"), malformed("bare cr in From"));
+        assert_eq!(from(b" a@b.c\r"), malformed("bare cr in From"));
+        assert_eq!(from(b" a@b.c\nx"), malformed("bare lf in From"));
+        assert_eq!(from(b" Foo\r\nx <a@b.c>"), malformed("bare lf in From"));
+        assert_eq!(from(b" a@b.c\n"), malformed("bare lf in From"));
+        assert_eq!(from(b" a@b.\xffc"), malformed("From is not valid utf-8"));
+        assert_eq!(from(b" Foo\r\n <a@b.c>"), ok("a@b.c", "b.c"));
+        assert_eq!(from(b" Foo\n\t<a@b.c>"), ok("a@b.c", "b.c"));
+        assert_eq!(from(b" \"Doe,\n John\"\r\n\t<a@b.c>"), ok("a@b.c", "b.c"));
+        // Folding inside a domain is whitespace inside the domain.
+        assert_eq!(from(b" a@b.\n c"), ambiguous("whitespace inside domain"));
+    }
+
+    #[test]
+    fn deep_and_large_values() {
+        let deep = "(".repeat(10_000);
+        assert_eq!(gate(&deep), malformed("comments nested too deeply"));
+        let deep_closed = format!("{}{} a@b.c", "(".repeat(10_000), ")".repeat(10_000));
+        assert_eq!(gate(&deep_closed), malformed("comments nested too deeply"));
+        let depth_64 = format!("{} x {} a@b.c", "(".repeat(64), ")".repeat(64));
+        assert_eq!(gate(&depth_64), ok("a@b.c", "b.c"));
+        let depth_65 = format!("{}{} a@b.c", "(".repeat(65), ")".repeat(65));
+        assert_eq!(gate(&depth_65), malformed("comments nested too deeply"));
+        let many_comments = format!("{}a@b.c", "(x) ".repeat(25_000));
+        assert_eq!(gate(&many_comments), ok("a@b.c", "b.c"));
+        let closers = ")".repeat(10_000);
+        assert_eq!(gate(&closers), ambiguous("unbalanced parenthesis"));
+
+        let atoms = "a".repeat(100_000);
+        assert_eq!(gate(&atoms), ambiguous("missing @ in address"));
+        let long_name = format!("\"{}\" <x@y.example>", "n".repeat(100_000));
+        assert_eq!(gate(&long_name), ok("x@y.example", "y.example"));
+        let long_words = format!("{}<x@y.example>", "=?utf-8?q?a?= ".repeat(7_000));
+        assert_eq!(gate(&long_words), ok("x@y.example", "y.example"));
+        let long_domain = format!("x@{}.example", "a".repeat(100_000));
+        assert_eq!(gate(&long_domain), malformed("domain too long"));
+        let long_local = format!("{}@y.example", "a.".repeat(50_000));
+        assert!(gate(&long_local).is_ok());
+        let at_signs = "@".repeat(100_000);
+        assert_eq!(gate(&at_signs), malformed("empty local part"));
+        let list = "a@x.example, ".repeat(8_000);
+        assert_eq!(gate(&list), several(8_000, &["x.example"]));
+        let lt = "<".repeat(100_000);
+        assert_eq!(gate(&lt), ambiguous("unbalanced angle bracket"));
+        let display_at = format!("\"{}\" <x@y.example>", "a@b".repeat(30_000));
+        assert_eq!(gate(&display_at), shown("x@y.example", "y.example", "ba"));
+    }
+
+    #[test]
+    fn fifty_and_more_domains() {
+        let fifty: Vec<String> = (0..50).map(|i| format!("u{i}@d{i}.example")).collect();
+        let expected: Vec<String> = (0..50).map(|i| format!("d{i}.example")).collect();
+        assert_eq!(
+            gate(&fifty.join(", ")),
+            Err(Refusal::SeveralAddresses {
+                count: 50,
+                domains: expected.clone(),
+            })
+        );
+        let sixty: Vec<String> = (0..60).map(|i| format!("u{i}@d{i}.example")).collect();
+        assert_eq!(
+            gate(&sixty.join(", ")),
+            Err(Refusal::SeveralAddresses {
+                count: 60,
+                domains: expected,
+            })
+        );
+    }
+
+    #[test]
+    fn domain_limits() {
+        let label63 = "a".repeat(63);
+        let label64 = "a".repeat(64);
+        assert_eq!(
+            gate(&format!("x@{label63}.example")),
+            ok(
+                &format!("x@{label63}.example"),
+                &format!("{label63}.example")
+            )
+        );
+        assert_eq!(
+            gate(&format!("x@{label64}.example")),
+            malformed("domain label too long")
+        );
+        // 4 * 63 + 3 dots = 255 > 253.
+        let long = [label63.as_str(); 4].join(".");
+        assert_eq!(gate(&format!("x@{long}")), malformed("domain too long"));
+        // 253 octets exactly.
+        let max = format!("{}.{}.{}.{}", label63, label63, label63, "a".repeat(61));
+        assert_eq!(max.len(), 253);
+        assert_eq!(gate(&format!("x@{max}")), ok(&format!("x@{max}"), &max));
+    }
+
+    #[test]
+    fn display_texts() {
+        assert_eq!(
+            Refusal::SeveralFromFields(2).to_string(),
+            "message has 2 From fields"
+        );
+        assert_eq!(Refusal::NoFrom.to_string(), "message has no From field");
+        assert_eq!(Refusal::NoAddress.to_string(), "From field has no address");
+        assert_eq!(
+            Refusal::SeveralAddresses {
+                count: 2,
+                domains: vec!["attack.com".into(), "legitimate.com".into()]
+            }
+            .to_string(),
+            "From field has 2 addresses (attack.com, legitimate.com)"
+        );
+        assert_eq!(
+            Refusal::SeveralAddresses {
+                count: 9,
+                domains: vec!["a.x".into(), "b.x".into(), "c.x".into(), "d.x".into()]
+            }
+            .to_string(),
+            "From field has 9 addresses (a.x, b.x, c.x and 1 more domains)"
+        );
+        assert_eq!(
+            Refusal::Malformed("nul in From").to_string(),
+            "malformed From field: nul in From"
+        );
+        assert_eq!(
+            Refusal::Ambiguous("text after angle address").to_string(),
+            "ambiguous From field: text after angle address"
+        );
+        let e: Box<dyn std::error::Error> = Box::new(Refusal::NoFrom);
+        assert_eq!(e.to_string(), "message has no From field");
+    }
+
+    #[test]
+    fn encoded_word_decoder() {
+        assert_eq!(decode_encoded_words("=?utf-8?b?w6k=?="), "é");
+        assert_eq!(
+            decode_encoded_words("=?UTF-8?Q?caf=C3=A9_au_lait?="),
+            "café au lait"
+        );
+        assert_eq!(decode_encoded_words("=?iso-8859-1?q?caf=E9?="), "café");
+        assert_eq!(decode_encoded_words("=?utf-8*en?q?hi?="), "hi");
+        assert_eq!(
+            decode_encoded_words("=?us-ascii?q?=E9?="),
+            "=?us-ascii?q?=E9?="
+        );
+        assert_eq!(decode_encoded_words("=?utf-8?b?!!?="), "=?utf-8?b?!!?=");
+        assert_eq!(decode_encoded_words("=?utf-8?x?abc?="), "=?utf-8?x?abc?=");
+        assert_eq!(decode_encoded_words("=?utf-8?q?a?= =?utf-8?q?b?="), "ab");
+        assert_eq!(decode_encoded_words("x =?utf-8?q?a?= y"), "x a y");
+        assert_eq!(decode_encoded_words("=?=?=?"), "=?=?=?");
+        assert_eq!(decode_encoded_words("=?utf-8?q?=FF?="), "=?utf-8?q?=FF?=");
+    }
+
+    /// xorshift64*: a deterministic generator, so failures reproduce.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            usize::try_from(self.next() % n as u64).unwrap_or(0)
+        }
+    }
+
+    const PIECES: &[&[u8]] = &[
+        b"a",
+        b"Z",
+        b"9",
+        b"-",
+        b"_",
+        b".",
+        b"@",
+        b"<",
+        b">",
+        b",",
+        b";",
+        b":",
+        b"\"",
+        b"(",
+        b")",
+        b"[",
+        b"]",
+        b"\\",
+        b" ",
+        b"\t",
+        b"\r",
+        b"\n",
+        b"\r\n ",
+        b"\n\t",
+        b"\0",
+        b"\x7f",
+        b"\x01",
+        b"\xc3\xa9",
+        b"\xff",
+        b"\xe3\x80\x82",
+        b"\xef\xbd\x85",
+        b"=?utf-8?b?",
+        b"=?utf-8?q?",
+        b"?=",
+        b"PGFAYi5jPg==",
+        b"=40",
+        b"example.com",
+        b"x@y.example",
+        b"<a@b.example>",
+        b"xn--",
+        b"b\xc3\xbccher",
+        b"@a.example:",
+        b"\"q\\\"\"",
+        b"g:",
+        b"'",
+        b"=",
+        b"?",
+    ];
+
+    const NAMES: &[&[u8]] = &[
+        b"From",
+        b"from ",
+        b"FROM",
+        b" From",
+        b"From\r\n ",
+        b"Sender",
+        b"To",
+        b"Fr om",
+        b"",
+    ];
+
+    #[test]
+    fn never_panics_on_mutated_input() {
+        let seeds: Vec<&str> = value_cases().into_iter().map(|(_, v, _)| v).collect();
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let mut oks = 0usize;
+        for _ in 0..100_000 {
+            let seed = seeds
+                .get(rng.below(seeds.len()))
+                .copied()
+                .unwrap_or_default();
+            let mut value = seed.as_bytes().to_vec();
+            for _ in 0..=rng.below(3) {
+                let at = rng.below(value.len() + 1);
+                let piece = PIECES
+                    .get(rng.below(PIECES.len()))
+                    .copied()
+                    .unwrap_or_default();
+                match rng.below(3) {
+                    0 => {
+                        value.splice(at..at, piece.iter().copied());
+                    }
+                    1 if at < value.len() => {
+                        value.remove(at);
+                    }
+                    _ if at < value.len() => {
+                        if let Some(b) = value.get_mut(at) {
+                            *b = piece.first().copied().unwrap_or(b'x');
+                        }
+                    }
+                    _ => value.extend_from_slice(piece),
+                }
+            }
+            if let Ok(a) = author([(b"From".as_slice(), value.as_slice())]) {
+                oks += 1;
+                assert!(a.address.ends_with(&format!("@{}", a.domain)), "{a:?}");
+                assert_eq!(
+                    gate(&a.address).map(|b| b.domain),
+                    Ok(a.domain.clone()),
+                    "{value:?}"
+                );
+            }
+        }
+        println!("mutated inputs accepted: {oks}");
+        assert!(oks > 0);
+    }
+
+    #[test]
+    fn never_panics_on_random_input() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut oks = 0usize;
+        for _ in 0..100_000 {
+            let mut value = Vec::new();
+            for _ in 0..rng.below(24) {
+                let piece = PIECES
+                    .get(rng.below(PIECES.len()))
+                    .copied()
+                    .unwrap_or_default();
+                value.extend_from_slice(piece);
+            }
+            if rng.below(8) == 0 {
+                // Raw bytes as well as pieces.
+                for _ in 0..rng.below(16) {
+                    value.push(u8::try_from(rng.below(256)).unwrap_or(0));
+                }
+            }
+            let mut list: Vec<(&[u8], &[u8])> = vec![(b"From", value.as_slice())];
+            if rng.below(4) == 0 {
+                let name = NAMES
+                    .get(rng.below(NAMES.len()))
+                    .copied()
+                    .unwrap_or_default();
+                list.push((name, value.as_slice()));
+            }
+            if let Ok(a) = author(list.iter().copied()) {
+                oks += 1;
+                // The author domain is what DMARC looks up: LDH, lower case,
+                // no trailing dot, and the address ends in it.
+                assert!(!a.domain.is_empty() && a.domain.len() <= 253, "{a:?}");
+                assert!(
+                    a.domain.bytes().all(|c| c.is_ascii_lowercase()
+                        || c.is_ascii_digit()
+                        || c == b'-'
+                        || c == b'.'),
+                    "{a:?}"
+                );
+                assert!(!a.domain.ends_with('.'), "{a:?}");
+                assert!(a.address.ends_with(&format!("@{}", a.domain)), "{a:?}");
+                // The address as returned passes the gate again, to the same domain.
+                let again = gate(&a.address).map(|b| b.domain);
+                assert_eq!(again, Ok(a.domain.clone()), "{a:?} from {value:?}");
+            }
+        }
+        println!("random inputs accepted: {oks}");
+        assert!(oks > 0);
+    }
+}
