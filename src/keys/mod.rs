@@ -1,0 +1,219 @@
+//! Signing keys: loading key files (with OpenDKIM-style safety checks),
+//! generating new keys, and the DNS record text of each key.
+//!
+//! Keys are read and parsed once, when the configuration is loaded or
+//! reloaded; nothing here runs per message.
+
+mod generate;
+mod record;
+mod safety;
+
+pub use generate::{GeneratedKey, generate};
+pub use record::{txt_value, zone_entry};
+
+use crate::config::{KeyAlgorithm, KeySpec};
+use aws_lc_rs::encoding::AsDer;
+use mail_auth::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256, SigningKey};
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The smallest RSA key rmilter signs with (RFC 8301 §3.2 allows 1024 for
+/// verifying, but 1024-bit signing keys are considered breakable).
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// Why a key file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{0}: key file does not exist")]
+    Missing(PathBuf),
+    #[error("{path}: cannot read key file: {error}")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{path}: unsafe key file: {reason}")]
+    Unsafe { path: PathBuf, reason: String },
+    #[error("{path}: not a usable private key: {reason}")]
+    Format { path: PathBuf, reason: String },
+    #[error(
+        "{path}: RSA key has {bits} bits; rmilter signs only with RSA keys of {MIN_RSA_BITS} bits or more"
+    )]
+    TooSmall { path: PathBuf, bits: usize },
+    #[error("{path}: holds an {found} key, but the key table says {expected}")]
+    WrongAlgorithm {
+        path: PathBuf,
+        found: &'static str,
+        expected: &'static str,
+    },
+}
+
+/// A private key shared by every message that signs with it.
+#[derive(Clone)]
+pub struct SharedKey(Arc<DkimKey>);
+
+impl SigningKey for SharedKey {
+    type Hasher = Sha256;
+
+    fn sign(&self, input: impl mail_auth::headers::Writable) -> mail_auth::Result<Vec<u8>> {
+        self.0.sign(input)
+    }
+
+    fn algorithm(&self) -> mail_auth::crypto::Algorithm {
+        self.0.algorithm()
+    }
+}
+
+/// A signing key, loaded and checked.
+pub struct LoadedKey {
+    pub domain: String,
+    pub selector: String,
+    pub algorithm: KeyAlgorithm,
+    /// RSA modulus size; 256 for Ed25519.
+    pub bits: usize,
+    /// What the `p=` tag publishes: SubjectPublicKeyInfo DER for RSA
+    /// (RFC 6376 §3.6.1), the raw 32-byte key for Ed25519 (RFC 8463 §4).
+    pub public_key: Vec<u8>,
+    pub path: PathBuf,
+    pub key: SharedKey,
+}
+
+impl std::fmt::Debug for LoadedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedKey")
+            .field("domain", &self.domain)
+            .field("selector", &self.selector)
+            .field("algorithm", &self.algorithm)
+            .field("bits", &self.bits)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedKey {
+    /// Read, check and parse the key file of one key table row.
+    pub fn load(spec: &KeySpec) -> Result<LoadedKey, KeyError> {
+        safety::check(&spec.path)?;
+        let pem = std::fs::read(&spec.path).map_err(|error| KeyError::Io {
+            path: spec.path.clone(),
+            error,
+        })?;
+        let parsed = parse_private_key(&spec.path, &pem)?;
+        if let Some(expected) = spec.algorithm
+            && expected != parsed.algorithm
+        {
+            return Err(KeyError::WrongAlgorithm {
+                path: spec.path.clone(),
+                found: parsed.algorithm.key_type(),
+                expected: expected.key_type(),
+            });
+        }
+        Ok(LoadedKey {
+            domain: spec.domain.clone(),
+            selector: spec.selector.clone(),
+            algorithm: parsed.algorithm,
+            bits: parsed.bits,
+            public_key: parsed.public_key,
+            path: spec.path.clone(),
+            key: SharedKey(Arc::new(parsed.key)),
+        })
+    }
+
+    /// The TXT record value to publish at `selector._domainkey.domain`.
+    pub fn txt_value(&self) -> String {
+        txt_value(self.algorithm, &self.public_key)
+    }
+}
+
+struct ParsedKey {
+    algorithm: KeyAlgorithm,
+    bits: usize,
+    public_key: Vec<u8>,
+    key: DkimKey,
+}
+
+fn parse_private_key(path: &Path, pem: &[u8]) -> Result<ParsedKey, KeyError> {
+    let format = |reason: &str| KeyError::Format {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let der = PrivateKeyDer::from_pem_slice(pem)
+        .map_err(|_| format("expected a PEM \"PRIVATE KEY\" (PKCS#8) block"))?;
+    match der {
+        PrivateKeyDer::Pkcs8(ref pkcs8) => {
+            let bytes = pkcs8.secret_pkcs8_der();
+            if let Ok(pair) = aws_lc_rs::rsa::KeyPair::from_pkcs8(bytes) {
+                rsa_key(path, pair, der.clone_key())
+            } else if let Ok(pair) =
+                aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(bytes)
+            {
+                let key = Ed25519Key::from_pkcs8_maybe_unchecked_der(bytes)
+                    .map_err(|e| format(&e.to_string()))?;
+                Ok(ParsedKey {
+                    algorithm: KeyAlgorithm::Ed25519,
+                    bits: 256,
+                    public_key: aws_lc_rs::signature::KeyPair::public_key(&pair)
+                        .as_ref()
+                        .to_vec(),
+                    key: DkimKey::Ed25519(key),
+                })
+            } else {
+                Err(format("the PKCS#8 key is neither RSA nor Ed25519"))
+            }
+        }
+        // The "RSA PRIVATE KEY" format written by opendkim-genkey, accepted
+        // so that existing OpenDKIM keys work unchanged.
+        PrivateKeyDer::Pkcs1(ref pkcs1) => {
+            let pair = aws_lc_rs::rsa::KeyPair::from_der(pkcs1.secret_pkcs1_der())
+                .map_err(|_| format("invalid PKCS#1 RSA key"))?;
+            rsa_key(path, pair, der.clone_key())
+        }
+        _ => Err(format("only RSA and Ed25519 keys can sign DKIM mail")),
+    }
+}
+
+fn rsa_key(
+    path: &Path,
+    pair: aws_lc_rs::rsa::KeyPair,
+    der: PrivateKeyDer<'static>,
+) -> Result<ParsedKey, KeyError> {
+    let bits = pair.public_modulus_len() * 8;
+    if bits < MIN_RSA_BITS {
+        return Err(KeyError::TooSmall {
+            path: path.to_path_buf(),
+            bits,
+        });
+    }
+    let spki = aws_lc_rs::signature::KeyPair::public_key(&pair)
+        .as_der()
+        .map_err(|_| KeyError::Format {
+            path: path.to_path_buf(),
+            reason: "cannot encode the public key".to_string(),
+        })?;
+    let key = RsaKey::<Sha256>::from_key_der(der).map_err(|e| KeyError::Format {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(ParsedKey {
+        algorithm: KeyAlgorithm::Rsa,
+        bits,
+        public_key: spki.as_ref().to_vec(),
+        key: DkimKey::Rsa(key),
+    })
+}
+
+/// Load every key of a key table; the first failure names its row.
+pub fn load_all(specs: &[KeySpec]) -> Result<Vec<Arc<LoadedKey>>, (String, KeyError)> {
+    specs
+        .iter()
+        .map(|spec| {
+            LoadedKey::load(spec)
+                .map(Arc::new)
+                .map_err(|e| (spec.origin.clone(), e))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

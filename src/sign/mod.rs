@@ -1,0 +1,237 @@
+//! Outbound signing: which keys apply to a message, which header fields
+//! each signature covers, and the streaming DKIM signer.
+//!
+//! Nothing here knows about milter callbacks: the milter hands over the
+//! author domain, the header fields and body chunks, and gets back the
+//! `DKIM-Signature` values to insert.
+
+use crate::config::Signing;
+use crate::keys::{LoadedKey, SharedKey};
+use mail_auth::dkim::{Canonicalization, DkimSigner, DkimSigningStream};
+use mail_auth::headers::HeaderWriter;
+use mail_auth::signer::Ready;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The loaded signing keys, by signing domain.
+#[derive(Debug, Default)]
+pub struct KeyTable {
+    by_domain: HashMap<String, Vec<Arc<LoadedKey>>>,
+}
+
+impl KeyTable {
+    pub fn new(keys: Vec<Arc<LoadedKey>>) -> Self {
+        let mut by_domain: HashMap<String, Vec<Arc<LoadedKey>>> = HashMap::new();
+        for key in keys {
+            by_domain.entry(key.domain.clone()).or_default().push(key);
+        }
+        KeyTable { by_domain }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_domain.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_domain.values().map(Vec::len).sum()
+    }
+
+    /// Every key, ordered by domain and selector.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<LoadedKey>> {
+        let mut all: Vec<&Arc<LoadedKey>> = self.by_domain.values().flatten().collect();
+        all.sort_by(|a, b| (&a.domain, &a.selector).cmp(&(&b.domain, &b.selector)));
+        all.into_iter()
+    }
+
+    /// The keys that sign mail whose author domain is `author_domain`
+    /// (lower-case A-label): the domain's own keys or, with `subdomains`,
+    /// the keys of its nearest parent domain that has keys. All keys
+    /// returned share one signing domain (`d=`), so the signatures align
+    /// with the From domain (RFC 9989 §3.2.6).
+    pub fn select(&self, author_domain: &str, subdomains: bool) -> &[Arc<LoadedKey>] {
+        if let Some(keys) = self.by_domain.get(author_domain) {
+            return keys;
+        }
+        if subdomains {
+            let mut rest = author_domain;
+            while let Some((_, parent)) = rest.split_once('.') {
+                // Never sign with a key configured for a top-level label.
+                if !parent.contains('.') {
+                    break;
+                }
+                if let Some(keys) = self.by_domain.get(parent) {
+                    return keys;
+                }
+                rest = parent;
+            }
+        }
+        &[]
+    }
+}
+
+/// The `h=` list for one message (RFC 6376 §5.4): each configured field
+/// that is present, and every oversigned field once more, so that a
+/// verifier also covers one instance beyond those present (§5.4.2) and no
+/// instance can be added after signing.
+///
+/// The list is handed to the DKIM signer, which signs every instance of a
+/// listed field present in the message (bottom-up) and appends each listed
+/// entry it did not find as an empty (null) instance.
+pub fn header_list<'a>(
+    signing: &Signing,
+    present: impl Iterator<Item = &'a [u8]> + Clone,
+) -> Vec<String> {
+    let is_present = |name: &str| {
+        present
+            .clone()
+            .any(|p| trim_name(p).eq_ignore_ascii_case(name.as_bytes()))
+    };
+    let mut list = Vec::with_capacity(signing.headers.len() + signing.oversign.len() * 2);
+    for name in &signing.headers {
+        if is_present(name) {
+            list.push(name.clone());
+        }
+    }
+    for name in &signing.oversign {
+        let signed_already = signing.headers.iter().any(|h| h.eq_ignore_ascii_case(name));
+        if is_present(name) && !signed_already {
+            list.push(name.clone());
+        }
+        list.push(name.clone());
+    }
+    list
+}
+
+fn trim_name(name: &[u8]) -> &[u8] {
+    let end = name
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(0, |i| i + 1);
+    &name[..end]
+}
+
+// `Option` so that `finish`, which consumes the stream, can take it out.
+type Stream<'a> = Option<DkimSigningStream<'a, SharedKey>>;
+
+self_cell::self_cell!(
+    /// A per-message DKIM signer together with its body stream.
+    struct KeyStream {
+        owner: DkimSigner<SharedKey, Ready>,
+        #[covariant]
+        dependent: Stream,
+    }
+);
+
+/// One signature made for a message.
+#[derive(Debug, Clone)]
+pub struct MadeSignature {
+    pub domain: String,
+    pub selector: String,
+    pub algorithm: &'static str,
+    /// The header value as the milter inserts it: leading space, folded
+    /// with "\n\t" (the milter protocol's line ending).
+    pub value: String,
+}
+
+/// Signs one message with one or more keys as it streams through.
+pub struct MessageSigner {
+    streams: Vec<(Arc<LoadedKey>, KeyStream)>,
+}
+
+impl MessageSigner {
+    /// Start signing with `keys`, covering the fields in `headers` (see
+    /// [`header_list`]), and feed the header section. `header_block` is the
+    /// message's header section in wire form: each field `Name:value\r\n`,
+    /// without the empty line that ends it.
+    pub fn start(
+        keys: &[Arc<LoadedKey>],
+        headers: &[String],
+        signing: &Signing,
+        header_block: &[u8],
+    ) -> Self {
+        let canon = |c| match c {
+            crate::config::Canon::Simple => Canonicalization::Simple,
+            crate::config::Canon::Relaxed => Canonicalization::Relaxed,
+        };
+        let streams = keys
+            .iter()
+            .map(|key| {
+                let mut signer = DkimSigner::from_key(key.key.clone())
+                    .domain(key.domain.clone())
+                    .selector(key.selector.clone())
+                    .headers(headers.iter().cloned())
+                    .header_canonicalization(canon(signing.header_canon))
+                    .body_canonicalization(canon(signing.body_canon));
+                if let Some(expire) = signing.expire {
+                    signer = signer.expiration(expire);
+                }
+                let mut stream = KeyStream::new(signer, |signer| Some(signer.sign_streaming()));
+                stream.with_dependent_mut(|_, s| {
+                    if let Some(s) = s {
+                        s.write(header_block);
+                        s.write(b"\r\n");
+                    }
+                });
+                (key.clone(), stream)
+            })
+            .collect();
+        MessageSigner { streams }
+    }
+
+    /// Feed a body chunk (CRLF line endings, as the milter protocol sends it).
+    pub fn body(&mut self, chunk: &[u8]) {
+        for (_, stream) in &mut self.streams {
+            stream.with_dependent_mut(|_, s| {
+                if let Some(s) = s {
+                    s.write(chunk);
+                }
+            });
+        }
+    }
+
+    /// Finish every signature.
+    pub fn finish(self) -> Result<Vec<MadeSignature>, SignError> {
+        self.streams
+            .into_iter()
+            .map(|(key, stream)| {
+                let mut stream = stream;
+                let signature = stream
+                    .with_dependent_mut(|_, s| s.take().map(|s| s.finish()))
+                    .unwrap_or(Err(mail_auth::Error::NoHeadersFound))
+                    .map_err(|e| SignError {
+                        domain: key.domain.clone(),
+                        selector: key.selector.clone(),
+                        reason: e.to_string(),
+                    })?;
+                Ok(MadeSignature {
+                    domain: key.domain.clone(),
+                    selector: key.selector.clone(),
+                    algorithm: key.algorithm.dkim_name(),
+                    value: milter_value(&signature.to_header()),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A signature failed (a crypto library error).
+#[derive(Debug, thiserror::Error)]
+#[error("signing with {selector}._domainkey.{domain} failed: {reason}")]
+pub struct SignError {
+    pub domain: String,
+    pub selector: String,
+    pub reason: String,
+}
+
+/// Turn `DKIM-Signature: v=1; ...\r\n\t...\r\n` into the value a milter
+/// inserts: " v=1; ...\n\t...".
+fn milter_value(header: &str) -> String {
+    let value = header
+        .split_once(':')
+        .map_or(header, |(_, v)| v)
+        .trim_end_matches(['\r', '\n']);
+    value.replace("\r\n", "\n")
+}
+
+#[cfg(test)]
+mod tests;
