@@ -1,0 +1,191 @@
+//! indymilter callbacks. Each one fetches the connection's [`Session`],
+//! calls the one method that holds the logic, and turns the [`Reply`] into
+//! the protocol answer. No error escapes a callback and nothing here parses
+//! peer input.
+
+use super::MilterState;
+use super::session::{Reply, Session};
+use indymilter::{
+    Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, NegotiateContext,
+    ProtoOpts, SetErrorReply, SmtpReply, SocketInfo, Status,
+};
+use std::ffi::CString;
+use std::sync::Arc;
+use tracing::{error, warn};
+
+/// The callbacks of the rmilter server.
+pub fn callbacks(state: Arc<MilterState>) -> Callbacks<Session> {
+    Callbacks::new()
+        .on_negotiate(move |cx, actions, opts| {
+            let state = state.clone();
+            Box::pin(async move { negotiate(cx, state, actions, opts) })
+        })
+        .on_connect(|cx, hostname, socket| {
+            Box::pin(async move {
+                with_session(cx, |s| {
+                    s.connect(&hostname.to_string_lossy(), socket_addr(&socket))
+                })
+            })
+        })
+        .on_helo(|cx, name| {
+            Box::pin(async move { with_session(cx, |s| s.helo(&name.to_string_lossy())) })
+        })
+        .on_mail(|cx, args| {
+            Box::pin(async move {
+                let sender = args
+                    .first()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let macros = &cx.macros;
+                let reply = match cx.data.as_mut() {
+                    Some(session) => session.mail(&sender, macros),
+                    None => missing_session(),
+                };
+                apply(&mut cx.reply, reply)
+            })
+        })
+        .on_header(|cx, name, value| {
+            Box::pin(
+                async move { with_session(cx, |s| s.header(name.as_bytes(), value.as_bytes())) },
+            )
+        })
+        .on_eoh(|cx| {
+            Box::pin(async move {
+                let macros = &cx.macros;
+                let reply = match cx.data.as_mut() {
+                    Some(session) => session.eoh(macros),
+                    None => missing_session(),
+                };
+                apply(&mut cx.reply, reply)
+            })
+        })
+        .on_body(|cx, chunk| Box::pin(async move { with_session(cx, |s| s.body(&chunk)) }))
+        .on_eom(|cx| Box::pin(eom(cx)))
+        .on_abort(|cx| {
+            Box::pin(async move {
+                if let Some(session) = cx.data.as_mut() {
+                    session.abort();
+                }
+                Status::Continue
+            })
+        })
+        .on_close(|cx| {
+            Box::pin(async move {
+                if let Some(session) = cx.data.as_mut() {
+                    session.close();
+                }
+                Status::Continue
+            })
+        })
+}
+
+/// Request exactly what rmilter uses: insert-header, the leading space of
+/// header values (so signed headers are reproduced byte for byte), no reply
+/// per header field when the MTA allows it, and the macros below.
+fn negotiate(
+    cx: &mut NegotiateContext<Session>,
+    state: Arc<MilterState>,
+    mta_actions: Actions,
+    mta_opts: ProtoOpts,
+) -> Status {
+    let wanted = Actions::ADD_HEADER;
+    if !mta_actions.contains(wanted) {
+        error!(offered = ?mta_actions, "the MTA does not allow adding header fields; refusing the connection");
+        return Status::Reject;
+    }
+    cx.requested_actions = wanted;
+    cx.requested_opts |= mta_opts & (ProtoOpts::LEADING_SPACE | ProtoOpts::NOREPLY_HEADER);
+    let granted = cx.requested_opts;
+    for (stage, macros) in [
+        (
+            MacroStage::Connect,
+            "j {daemon_name} {client_addr} {client_name}",
+        ),
+        (MacroStage::Mail, "{auth_authen} {auth_type}"),
+        (MacroStage::Eoh, "i"),
+        (MacroStage::Eom, "i"),
+    ] {
+        if let Ok(list) = CString::new(macros) {
+            cx.requested_macros.insert(stage, list);
+        }
+    }
+    cx.data = Some(Session::new(
+        state,
+        granted.contains(ProtoOpts::LEADING_SPACE),
+        granted.contains(ProtoOpts::NOREPLY_HEADER),
+    ));
+    Status::Continue
+}
+
+async fn eom(cx: &mut EomContext<Session>) -> Status {
+    let macros = &cx.macros;
+    let (headers, reply) = match cx.data.as_mut() {
+        Some(session) => session.eom(macros),
+        None => (Vec::new(), missing_session()),
+    };
+    for (name, value) in headers {
+        // RFC 6376 §5.6: signatures go on top. Index 0 places the field above
+        // everything, Postfix's own Received field included.
+        if let Err(e) = cx.actions.insert_header(0, name.clone(), value).await {
+            let queue_id = cx
+                .data
+                .as_ref()
+                .map(|s| s.last_queue_id().to_string())
+                .unwrap_or_default();
+            error!(queue_id, name = %name.to_string_lossy(), error = %e, "could not insert header field");
+            let on_error = cx
+                .data
+                .as_ref()
+                .map(|s| s.on_error_reply())
+                .unwrap_or_else(missing_session);
+            return apply(&mut cx.reply, on_error);
+        }
+    }
+    apply(&mut cx.reply, reply)
+}
+
+fn with_session(cx: &mut Context<Session>, f: impl FnOnce(&mut Session) -> Reply) -> Status {
+    let reply = match cx.data.as_mut() {
+        Some(session) => f(session),
+        None => missing_session(),
+    };
+    apply(&mut cx.reply, reply)
+}
+
+/// A callback ran without the session negotiate creates: a protocol
+/// violation by the peer. Refuse temporarily rather than guess.
+fn missing_session() -> Reply {
+    warn!("milter command before option negotiation; answering tempfail");
+    Reply::Tempfail {
+        code: "451",
+        xcode: "4.3.0",
+        text: "milter protocol error".to_string(),
+    }
+}
+
+fn apply(reply: &mut SmtpReply, r: Reply) -> Status {
+    match r {
+        Reply::Continue => Status::Continue,
+        Reply::Accept => Status::Accept,
+        Reply::Noreply => Status::Noreply,
+        Reply::Reject { code, xcode, text } => {
+            if let Err(e) = reply.set_error_reply(code, Some(xcode), [text.as_str()]) {
+                warn!(error = %e, "reply text refused; using the default reject");
+            }
+            Status::Reject
+        }
+        Reply::Tempfail { code, xcode, text } => {
+            if let Err(e) = reply.set_error_reply(code, Some(xcode), [text.as_str()]) {
+                warn!(error = %e, "reply text refused; using the default tempfail");
+            }
+            Status::Tempfail
+        }
+    }
+}
+
+fn socket_addr(socket: &SocketInfo) -> Option<std::net::SocketAddr> {
+    match socket {
+        SocketInfo::Inet(addr) => Some(*addr),
+        _ => None,
+    }
+}

@@ -1,0 +1,65 @@
+//! The milter protocol side: indymilter callbacks as thin adapters over the
+//! per-connection [`session::Session`], and the state shared by all
+//! connections (the current [`Runtime`] and the count of messages in
+//! progress, which graceful shutdown waits for).
+
+mod callbacks;
+mod session;
+
+pub use callbacks::callbacks;
+pub use session::{Direction, Session};
+
+use crate::runtime::Runtime;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// State shared by every milter connection.
+pub struct MilterState {
+    runtime: RwLock<Arc<Runtime>>,
+    in_flight: AtomicUsize,
+}
+
+impl MilterState {
+    pub fn new(runtime: Runtime) -> Arc<Self> {
+        Arc::new(MilterState {
+            runtime: RwLock::new(Arc::new(runtime)),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    /// The runtime new messages start with.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        match self.runtime.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replace the runtime; messages in progress keep the one they started with.
+    pub fn swap(&self, runtime: Runtime) {
+        let new = Arc::new(runtime);
+        match self.runtime.write() {
+            Ok(mut guard) => *guard = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+    }
+
+    /// Messages between MAIL and end of message (or abort).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    fn begin_message(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+}
+
+/// Counts one message in progress until dropped.
+struct InFlight(Arc<MilterState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
