@@ -145,6 +145,16 @@ fn parse_private_key(path: &Path, pem: &[u8]) -> Result<ParsedKey, KeyError> {
             let bytes = pkcs8.secret_pkcs8_der();
             if let Ok(pair) = aws_lc_rs::rsa::KeyPair::from_pkcs8(bytes) {
                 rsa_key(path, pair, der.clone_key())
+            } else if let Some(bits) = der_rsa_bits(bytes, true) {
+                // aws-lc refuses small RSA keys outright; say why.
+                Err(if bits < MIN_RSA_BITS {
+                    KeyError::TooSmall {
+                        path: path.to_path_buf(),
+                        bits,
+                    }
+                } else {
+                    format("invalid RSA key")
+                })
             } else if let Ok(pair) =
                 aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(bytes)
             {
@@ -165,9 +175,17 @@ fn parse_private_key(path: &Path, pem: &[u8]) -> Result<ParsedKey, KeyError> {
         // The "RSA PRIVATE KEY" format written by opendkim-genkey, accepted
         // so that existing OpenDKIM keys work unchanged.
         PrivateKeyDer::Pkcs1(ref pkcs1) => {
-            let pair = aws_lc_rs::rsa::KeyPair::from_der(pkcs1.secret_pkcs1_der())
-                .map_err(|_| format("invalid PKCS#1 RSA key"))?;
-            rsa_key(path, pair, der.clone_key())
+            let bytes = pkcs1.secret_pkcs1_der();
+            match aws_lc_rs::rsa::KeyPair::from_der(bytes) {
+                Ok(pair) => rsa_key(path, pair, der.clone_key()),
+                Err(_) => Err(match der_rsa_bits(bytes, false) {
+                    Some(bits) if bits < MIN_RSA_BITS => KeyError::TooSmall {
+                        path: path.to_path_buf(),
+                        bits,
+                    },
+                    _ => format("invalid PKCS#1 RSA key"),
+                }),
+            }
         }
         _ => Err(format("only RSA and Ed25519 keys can sign DKIM mail")),
     }
@@ -201,6 +219,56 @@ fn rsa_key(
         public_key: spki.as_ref().to_vec(),
         key: DkimKey::Rsa(key),
     })
+}
+
+/// The modulus size of a DER RSA private key (PKCS#1 `RSAPrivateKey`, or
+/// that wrapped in PKCS#8), read with a minimal DER walk; `None` when the
+/// bytes are not shaped like one.
+fn der_rsa_bits(der: &[u8], pkcs8: bool) -> Option<usize> {
+    /// One TLV: (tag, contents, rest).
+    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (first as usize, rest)
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, &b| (acc << 8) | b as usize);
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    let (tag, mut body, _) = tlv(der)?;
+    if tag != 0x30 {
+        return None;
+    }
+    if pkcs8 {
+        // PrivateKeyInfo: version, AlgorithmIdentifier, OCTET STRING.
+        let (_, _, rest) = tlv(body)?;
+        let (_, _, rest) = tlv(rest)?;
+        let (tag, inner, _) = tlv(rest)?;
+        if tag != 0x04 {
+            return None;
+        }
+        let (tag, inner_body, _) = tlv(inner)?;
+        if tag != 0x30 {
+            return None;
+        }
+        body = inner_body;
+    }
+    // RSAPrivateKey: version INTEGER, modulus INTEGER, ...
+    let (_, _, rest) = tlv(body)?;
+    let (tag, modulus, _) = tlv(rest)?;
+    if tag != 0x02 {
+        return None;
+    }
+    let significant = modulus.iter().skip_while(|&&b| b == 0).count();
+    Some(significant * 8)
 }
 
 /// Load every key of a key table; the first failure names its row.

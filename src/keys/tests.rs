@@ -1,1 +1,219 @@
+//! Key loading, safety checks, generation and DNS record text.
 
+use super::*;
+use crate::config::{KeyAlgorithm, KeySpec};
+use std::os::unix::fs::PermissionsExt;
+
+fn spec(path: &Path, algorithm: Option<KeyAlgorithm>) -> KeySpec {
+    KeySpec {
+        domain: "example.com".into(),
+        selector: "s1".into(),
+        path: path.to_path_buf(),
+        algorithm,
+        origin: "key[0]".into(),
+    }
+}
+
+/// Copy a fixture into a private directory with mode 0600.
+fn fixture(dir: &Path, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/keys")
+        .join(name);
+    let dst = dir.join(name);
+    std::fs::copy(&src, &dst).unwrap();
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o600)).unwrap();
+    dst
+}
+
+#[test]
+fn generated_keys_are_private_and_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for (selector, alg, bits, p_len) in [
+        ("rsa", KeyAlgorithm::Rsa, 2048, 294),
+        ("ed", KeyAlgorithm::Ed25519, 256, 32),
+    ] {
+        let generated = generate(dir.path(), "example.com", selector, alg, 2048).unwrap();
+        let mode = std::fs::metadata(&generated.path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let key = generated.key;
+        assert_eq!(
+            (key.algorithm, key.bits, key.public_key.len()),
+            (alg, bits, p_len)
+        );
+        let txt = key.txt_value();
+        assert!(
+            txt.starts_with(&format!("v=DKIM1; k={}; p=", alg.key_type())),
+            "{txt}"
+        );
+    }
+    let dir_mode = std::fs::metadata(dir.path().join("example.com"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(dir_mode & 0o777, 0o700);
+}
+
+#[test]
+fn generate_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = generate(dir.path(), "example.com", "s1", KeyAlgorithm::Ed25519, 0).unwrap();
+    let before = std::fs::read(&first.path).unwrap();
+    let err = generate(dir.path(), "example.com", "s1", KeyAlgorithm::Ed25519, 0)
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .ends_with("already exists; refusing to overwrite it"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&first.path).unwrap(), before);
+    // A symlink in the key's place is not followed either.
+    std::os::unix::fs::symlink("/etc/passwd", dir.path().join("example.com/s2.pem")).unwrap();
+    let err = generate(dir.path(), "example.com", "s2", KeyAlgorithm::Ed25519, 0)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("already exists"), "{err}");
+}
+
+#[test]
+fn generate_refuses_odd_rsa_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = generate(dir.path(), "example.com", "s1", KeyAlgorithm::Rsa, 1024)
+        .err()
+        .unwrap();
+    assert_eq!(
+        err.to_string(),
+        "RSA keys must have 2048, 3072 or 4096 bits, not 1024"
+    );
+}
+
+#[test]
+fn missing_key_file_is_named() {
+    let err = LoadedKey::load(&spec(Path::new("/nonexistent/k.pem"), None)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/nonexistent/k.pem: key file does not exist"
+    );
+}
+
+#[test]
+fn readable_or_writable_by_others_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = fixture(dir.path(), "2048_testkey_PKCS8.key");
+    for (mode, needle) in [
+        (0o644, "readable by every user (mode 0644)"),
+        (0o604, "readable by every user (mode 0604)"),
+        (0o620, "writable by group or others (mode 0620)"),
+        (0o602, "writable by group or others (mode 0602)"),
+    ] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = LoadedKey::load(&spec(&path, None)).unwrap_err().to_string();
+        assert!(err.contains(needle), "mode {mode:o}: {err}");
+        assert!(err.starts_with(&path.display().to_string()), "{err}");
+    }
+    // Group-readable is allowed (root:rmilter 0640).
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    LoadedKey::load(&spec(&path, None)).unwrap();
+}
+
+#[test]
+fn key_in_a_directory_others_can_write_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    let path = fixture(&open, "2048_testkey_PKCS8.key");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = LoadedKey::load(&spec(&path, None)).unwrap_err().to_string();
+    assert!(
+        err.contains("is writable by every user (mode 0777)"),
+        "{err}"
+    );
+    // A symlink from a safe place into that directory does not help.
+    let link = dir.path().join("link.pem");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    let err = LoadedKey::load(&spec(&link, None)).unwrap_err().to_string();
+    assert!(err.contains("is writable by every user"), "{err}");
+    // The sticky bit (as on /tmp) makes a world-writable directory safe.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    LoadedKey::load(&spec(&path, None)).unwrap();
+}
+
+#[test]
+fn small_rsa_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = fixture(dir.path(), "1024_testkey.key");
+    let err = LoadedKey::load(&spec(&path, None)).unwrap_err().to_string();
+    assert!(
+        err.ends_with(
+            "RSA key has 1024 bits; rmilter signs only with RSA keys of 2048 bits or more"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn pkcs1_and_pkcs8_rsa_keys_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkcs1 = LoadedKey::load(&spec(&fixture(dir.path(), "2048_testkey.key"), None)).unwrap();
+    let pkcs8 = LoadedKey::load(&spec(
+        &fixture(dir.path(), "2048_testkey_PKCS8.key"),
+        Some(KeyAlgorithm::Rsa),
+    ))
+    .unwrap();
+    assert_eq!((pkcs1.algorithm, pkcs1.bits), (KeyAlgorithm::Rsa, 2048));
+    assert_eq!(pkcs8.bits, 2048);
+    // dkimpy's published record for this key pair carries the same SPKI.
+    let published = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/testdata/dkim/dkimpy/2048_testkey_wo_markers.pub.txt"),
+    );
+    if let Ok(published) = published {
+        let compact: String = published.split_whitespace().collect();
+        let p = compact.rsplit_once("p=").map(|(_, p)| p).unwrap();
+        assert!(
+            pkcs1.txt_value().ends_with(&format!("p={p}")),
+            "{} vs {p}",
+            pkcs1.txt_value()
+        );
+    }
+}
+
+#[test]
+fn algorithm_mismatch_and_garbage_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = fixture(dir.path(), "2048_testkey_PKCS8.key");
+    let err = LoadedKey::load(&spec(&path, Some(KeyAlgorithm::Ed25519)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.ends_with("holds an rsa key, but the key table says ed25519"),
+        "{err}"
+    );
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "hello\n").unwrap();
+    std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = LoadedKey::load(&spec(&junk, None)).unwrap_err().to_string();
+    assert!(err.contains("not a usable private key"), "{err}");
+}
+
+#[test]
+fn zone_entries_split_long_values() {
+    let value = format!("v=DKIM1; k=rsa; p={}", "A".repeat(700));
+    let entry = zone_entry("example.com", "s1", &value);
+    assert!(
+        entry.starts_with("s1._domainkey.example.com.\tIN\tTXT\t( \""),
+        "{entry}"
+    );
+    let strings: Vec<&str> = entry.split('"').skip(1).step_by(2).collect();
+    assert!(strings.len() >= 3);
+    assert!(strings.iter().all(|s| s.len() <= 255));
+    assert_eq!(strings.concat(), value);
+    let short = zone_entry("example.com", "ed", "v=DKIM1; k=ed25519; p=abc");
+    assert_eq!(
+        short,
+        "ed._domainkey.example.com.\tIN\tTXT\t\"v=DKIM1; k=ed25519; p=abc\""
+    );
+}

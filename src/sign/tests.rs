@@ -1,1 +1,147 @@
+//! Key selection and the per-message `h=` list.
 
+use super::*;
+use crate::config::{Canon, DEFAULT_HEADERS, DEFAULT_OVERSIGN_HEADERS, KeyAlgorithm, KeySpec};
+
+fn signing() -> Signing {
+    Signing {
+        header_canon: Canon::Relaxed,
+        body_canon: Canon::Relaxed,
+        headers: DEFAULT_HEADERS.iter().map(|s| s.to_string()).collect(),
+        oversign: DEFAULT_OVERSIGN_HEADERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        expire: None,
+        subdomains: false,
+    }
+}
+
+fn table(dir: &std::path::Path, rows: &[(&str, &str)]) -> KeyTable {
+    let keys = rows
+        .iter()
+        .map(|(domain, selector)| {
+            let g = crate::keys::generate(dir, domain, selector, KeyAlgorithm::Ed25519, 0).unwrap();
+            Arc::new(
+                LoadedKey::load(&KeySpec {
+                    domain: domain.to_string(),
+                    selector: selector.to_string(),
+                    path: g.path,
+                    algorithm: None,
+                    origin: "test".into(),
+                })
+                .unwrap(),
+            )
+        })
+        .collect();
+    KeyTable::new(keys)
+}
+
+fn selectors(keys: &[Arc<LoadedKey>]) -> Vec<String> {
+    let mut s: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{}/{}", k.domain, k.selector))
+        .collect();
+    s.sort();
+    s
+}
+
+#[test]
+fn keys_are_chosen_by_author_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = table(
+        dir.path(),
+        &[
+            ("example.com", "a"),
+            ("example.com", "b"),
+            ("sub.example.com", "c"),
+            ("example.org", "d"),
+        ],
+    );
+    assert_eq!(
+        selectors(t.select("example.com", false)),
+        ["example.com/a", "example.com/b"]
+    );
+    assert_eq!(
+        selectors(t.select("sub.example.com", false)),
+        ["sub.example.com/c"]
+    );
+    assert!(t.select("deep.sub.example.com", false).is_empty());
+    assert!(t.select("example.net", true).is_empty());
+    // With subdomains: the nearest parent that has keys.
+    assert_eq!(
+        selectors(t.select("deep.sub.example.com", true)),
+        ["sub.example.com/c"]
+    );
+    assert_eq!(
+        selectors(t.select("x.example.org", true)),
+        ["example.org/d"]
+    );
+    // A look-alike is not a subdomain.
+    assert!(t.select("badexample.com", true).is_empty());
+    assert_eq!(t.len(), 4);
+}
+
+#[test]
+fn never_signs_with_a_key_for_a_top_level_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = table(dir.path(), &[("com", "a")]);
+    assert!(t.select("example.com", true).is_empty());
+    assert_eq!(t.select("com", false).len(), 1);
+}
+
+fn names(list: &[String]) -> Vec<String> {
+    list.iter().map(|s| s.to_ascii_lowercase()).collect()
+}
+
+#[test]
+fn header_list_oversigns_present_and_absent_fields() {
+    let present: Vec<&[u8]> = vec![b"Received", b"From", b"To", b"Subject", b"X-Mailer", b"To"];
+    let list = names(&header_list(&signing(), present.iter().copied()));
+    let count = |n: &str| list.iter().filter(|h| *h == n).count();
+    // Present, signed and oversigned: the name twice in the template (the
+    // signer covers every instance and adds one null instance).
+    assert_eq!(count("from"), 2);
+    assert_eq!(count("to"), 2);
+    assert_eq!(count("subject"), 2);
+    // Absent but oversigned: once, as a null instance.
+    assert_eq!(count("reply-to"), 1);
+    assert_eq!(count("cc"), 1);
+    assert_eq!(count("list-unsubscribe"), 1);
+    // Absent and only signed when present: not listed.
+    assert_eq!(count("resent-from"), 0);
+    assert_eq!(count("content-id"), 0);
+    // Never signed.
+    assert_eq!(count("received"), 0);
+    assert_eq!(count("x-mailer"), 0);
+}
+
+#[test]
+fn header_list_matches_names_case_insensitively_and_with_trailing_space() {
+    let present: Vec<&[u8]> = vec![b"FROM", b"subject ", b"content-ID"];
+    let list = names(&header_list(&signing(), present.iter().copied()));
+    assert_eq!(list.iter().filter(|h| *h == "from").count(), 2);
+    assert_eq!(list.iter().filter(|h| *h == "subject").count(), 2);
+    assert_eq!(list.iter().filter(|h| *h == "content-id").count(), 1);
+}
+
+#[test]
+fn custom_lists() {
+    let mut s = signing();
+    s.headers = vec!["From".into(), "X-Custom".into()];
+    s.oversign = vec!["From".into()];
+    let present: Vec<&[u8]> = vec![b"From", b"X-Custom", b"Subject"];
+    assert_eq!(
+        header_list(&s, present.iter().copied()),
+        ["From", "X-Custom", "From"]
+    );
+}
+
+#[test]
+fn milter_value_form() {
+    let header = "DKIM-Signature: v=1; a=ed25519-sha256; d=example.com;\r\n\th=from:to; b=abc;\r\n";
+    assert_eq!(
+        milter_value(header),
+        " v=1; a=ed25519-sha256; d=example.com;\n\th=from:to; b=abc;"
+    );
+}
