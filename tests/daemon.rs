@@ -1,0 +1,263 @@
+//! The daemon as administrators run it: the `rmilter run` process, its
+//! first log line, SIGHUP reload (good and bad), and SIGTERM with a
+//! message in progress.
+
+mod common;
+
+use common::drive::{self, Envelope};
+use common::{dkim_tag, message};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(args: &[&str]) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rmilter"))
+            .arg("run")
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start rmilter");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Daemon { child, log }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Wait until `count` log lines contain `needle`.
+    fn wait_log(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.lines().iter().filter(|l| l.contains(needle)).count() >= count {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "log never showed {needle:?} {count} times:\n{}",
+            self.lines().join("\n")
+        );
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit:\n{}",
+                self.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn embedded_defaults_are_announced_and_sigterm_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("rmilter.sock");
+    let listen = format!("unix:{}", sock.display());
+    let mut daemon = Daemon::start(&["--listen", &listen]);
+    daemon.wait_log("rmilter started", 1);
+    let first = daemon.lines()[0].clone();
+    if std::path::Path::new(rmilter::cli::DEFAULT_CONFIG).exists() {
+        assert!(first.contains("configuration loaded"), "{first}");
+    } else {
+        assert!(
+            first.contains(
+                "no configuration file: running on embedded defaults (verify only, no signing keys)"
+            ),
+            "first log line: {first}"
+        );
+    }
+    assert!(sock.exists());
+    daemon.signal("TERM");
+    let status = daemon.wait_exit();
+    assert!(status.success(), "exit status {status}");
+    assert!(!sock.exists(), "socket removed at exit");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_and_a_bad_reload_keeps_the_old_configuration() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let k1 = rmilter::keys::generate(
+        dir.path(),
+        "example.com",
+        "one",
+        rmilter::config::KeyAlgorithm::Ed25519,
+        0,
+    )
+    .unwrap();
+    let k2 = rmilter::keys::generate(
+        dir.path(),
+        "example.com",
+        "two",
+        rmilter::config::KeyAlgorithm::Ed25519,
+        0,
+    )
+    .unwrap();
+    let port = free_port();
+    let config = dir.path().join("rmilter.toml");
+    let key = |p: &std::path::Path, s: &str| {
+        format!(
+            "[[key]]\ndomain = \"example.com\"\nselector = \"{s}\"\nfile = \"{}\"\n",
+            p.display()
+        )
+    };
+    let base = format!(
+        "listen = \"inet:127.0.0.1:{port}\"\n{}",
+        key(&k1.path, "one")
+    );
+    std::fs::write(&config, &base).unwrap();
+    let daemon = Daemon::start(&["-c", config.to_str().unwrap()]);
+    daemon.wait_log("rmilter started", 1);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let selectors = || async {
+        let out = drive::drive(
+            addr,
+            &Envelope::authenticated("alice"),
+            &message("alice@example.com", "r", "b\r\n"),
+        )
+        .await;
+        let mut s: Vec<String> = out
+            .inserted("DKIM-Signature")
+            .iter()
+            .map(|v| dkim_tag(v, "s").unwrap())
+            .collect();
+        s.sort();
+        s
+    };
+    assert_eq!(selectors().await, ["one"]);
+
+    // A good reload adds the second key.
+    std::fs::write(&config, format!("{base}{}", key(&k2.path, "two"))).unwrap();
+    daemon.signal("HUP");
+    daemon.wait_log("configuration reloaded", 1);
+    assert_eq!(selectors().await, ["one", "two"]);
+
+    // Bad reloads are refused with the reason; the old keys keep signing.
+    std::fs::write(
+        &config,
+        format!("{base}{}\nbogus = 1\n", key(&k2.path, "two")),
+    )
+    .unwrap();
+    daemon.signal("HUP");
+    daemon.wait_log("reload refused", 1);
+    assert!(
+        daemon
+            .lines()
+            .iter()
+            .any(|l| l.contains("unknown field `bogus`")),
+        "{:?}",
+        daemon.lines()
+    );
+    assert_eq!(selectors().await, ["one", "two"]);
+
+    std::fs::write(&config, format!("{base}{}", key(&k2.path, "two"))).unwrap();
+    std::fs::set_permissions(&k2.path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    daemon.signal("HUP");
+    daemon.wait_log("reload refused", 2);
+    assert!(
+        daemon
+            .lines()
+            .iter()
+            .any(|l| l.contains("readable by every user"))
+    );
+    assert_eq!(selectors().await, ["one", "two"]);
+
+    // Deleting a key file after it was loaded does not stop signing.
+    std::fs::remove_file(&k1.path).unwrap();
+    assert_eq!(selectors().await, ["one", "two"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_the_message_in_progress() {
+    use indymilter::MacroStage;
+    use indymilter_test::Status;
+    let dir = tempfile::tempdir().unwrap();
+    let key = rmilter::keys::generate(
+        dir.path(),
+        "example.com",
+        "ed",
+        rmilter::config::KeyAlgorithm::Ed25519,
+        0,
+    )
+    .unwrap();
+    let port = free_port();
+    let mut daemon = Daemon::start(&[
+        "--listen",
+        &format!("inet:127.0.0.1:{port}"),
+        "--key",
+        &format!("example.com:ed:{}", key.path.display()),
+    ]);
+    daemon.wait_log("rmilter started", 1);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let env = Envelope::authenticated("alice");
+    let mut conn = drive::open(addr).await;
+    drive::connect(&mut conn, &env).await;
+    conn.macros(MacroStage::Mail, [("{auth_authen}", "alice")])
+        .await
+        .unwrap();
+    conn.mail(["<alice@example.com>"]).await.unwrap();
+    conn.header("From", " alice@example.com").await.unwrap();
+    conn.header("Subject", " in flight").await.unwrap();
+    assert_eq!(conn.eoh().await.unwrap(), Status::Continue);
+    conn.body("first half\r\n").await.unwrap();
+
+    daemon.signal("TERM");
+    daemon.wait_log("waiting for messages in progress", 1);
+    // No new connections once stopping.
+    let refused = tokio::net::TcpStream::connect(addr).await;
+    assert!(refused.is_err(), "new connection accepted while stopping");
+    // The message in progress completes and is signed.
+    conn.body("second half\r\n").await.unwrap();
+    let (actions, status) = conn.eom().await.unwrap();
+    assert_eq!(status, Status::Continue);
+    assert!(actions.has_insert_header(0, "DKIM-Signature", indymilter_test::any()));
+    let status = daemon.wait_exit();
+    assert!(status.success(), "exit {status}");
+}
