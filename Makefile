@@ -12,9 +12,11 @@ build:
 release:
 	$(CARGO) build --release $(CARGO_FLAGS)
 
-# Unit, milter-protocol and real-Postfix end-to-end tests. The Postfix tests
-# need root and the Debian packages that .ci/run installs.
+# Unit, milter-protocol and real-Postfix end-to-end tests. tests/deps.sh
+# installs the Debian packages they use (Postfix, dkimpy, OpenDKIM) when
+# missing; the Postfix tests run as root.
 test:
+	bash tests/deps.sh
 	$(CARGO) test $(CARGO_FLAGS) -- --test-threads=4
 
 lint:

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install the Debian packages the tests use when any is missing (needs root
+# and the package mirrors). On a machine that has them, this does nothing.
+#   postfix, sasl2-bin, libsasl2-modules  the real-Postfix end-to-end tests
+#   python3-dkim                          dkimpy, the independent DKIM verifier
+#   opendkim, opendkim-tools              OpenDKIM, a second independent signer/verifier
+set -euo pipefail
+
+PKGS="postfix sasl2-bin libsasl2-modules python3-dkim opendkim opendkim-tools"
+
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" != 0 ]; then
+  echo "tests/deps.sh: missing packages:$missing (run as root to install them)" >&2
+  exit 1
+fi
+echo "tests/deps.sh: installing$missing"
+# Packaged daemons must not start: the tests run their own private instances.
+cleanup_policy=""
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  cleanup_policy=1
+fi
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends $missing
+[ -n "$cleanup_policy" ] && rm -f /usr/sbin/policy-rc.d
+exit 0
