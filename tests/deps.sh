@@ -3,10 +3,10 @@
 # and the package mirrors). On a machine that has them, this does nothing.
 #   postfix, sasl2-bin, libsasl2-modules  the real-Postfix end-to-end tests
 #   python3-dkim                          dkimpy, the independent DKIM verifier
-#   opendkim, opendkim-tools              OpenDKIM, a second independent signer/verifier
+#   opendkim, opendkim-tools, openssl     OpenDKIM, a second independent signer/verifier
 set -euo pipefail
 
-PKGS="postfix sasl2-bin libsasl2-modules python3-dkim opendkim opendkim-tools"
+PKGS="postfix sasl2-bin libsasl2-modules python3-dkim opendkim opendkim-tools openssl"
 
 missing=""
 for p in $PKGS; do

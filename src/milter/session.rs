@@ -98,6 +98,9 @@ struct Message {
     queue_id: String,
     sender: String,
     auth_user: Option<String>,
+    /// `{daemon_name}` as the SMTP server set it. Postfix's cleanup, which
+    /// sends the header and body events, reports main.cf's value instead.
+    daemon_name: Option<String>,
     headers: Vec<Header>,
     header_bytes: usize,
     headers_too_big: bool,
@@ -163,6 +166,7 @@ impl Session {
                 .trim_end_matches('>')
                 .to_string(),
             auth_user,
+            daemon_name: macro_value(macros, "{daemon_name}"),
             headers: Vec::new(),
             header_bytes: 0,
             headers_too_big: false,
@@ -379,7 +383,10 @@ impl Session {
                 return Direction::InternalNetwork;
             }
         }
-        if let Some(name) = macro_value(macros, "{daemon_name}")
+        if let Some(name) = msg
+            .daemon_name
+            .clone()
+            .or_else(|| macro_value(macros, "{daemon_name}"))
             && rules.daemon_names.contains(&name)
         {
             return Direction::DaemonName;

@@ -5,9 +5,14 @@
 
 #![allow(dead_code)]
 
+pub mod dkimpy;
 pub mod drive;
 pub mod keys;
 pub mod milter;
+pub mod opendkim;
+pub mod postfix;
+pub mod sink;
+pub mod smtp;
 
 /// A small CRLF message from `from` with `body`.
 pub fn message(from: &str, subject: &str, body: &str) -> Vec<u8> {
