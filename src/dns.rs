@@ -35,7 +35,10 @@ pub fn authenticator(settings: &DnsSettings) -> anyhow::Result<MessageAuthentica
         )
     };
     opts.timeout = settings.timeout;
-    opts.attempts = settings.attempts;
+    // hickory counts retries after the first try; `dns.attempts` counts tries.
+    opts.attempts = settings.attempts.saturating_sub(1);
+    // Mail authentication asks the DNS, never /etc/hosts.
+    opts.use_hosts_file = mail_auth::hickory_resolver::config::ResolveHosts::Never;
     opts.cache_size = settings.cache_size as u64;
     // Names are absolute: never try search domains.
     opts.ndots = 0;

@@ -11,5 +11,7 @@ pub mod dns;
 pub mod identity;
 pub mod keys;
 pub mod milter;
+pub mod report;
 pub mod runtime;
 pub mod sign;
+pub mod verify;

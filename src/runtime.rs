@@ -6,11 +6,13 @@
 use crate::config::{self, Config, ConfigError, Overrides};
 use crate::keys;
 use crate::sign::KeyTable;
+use crate::verify::Verifier;
 use std::path::Path;
 
 pub struct Runtime {
     pub config: Config,
     pub keys: KeyTable,
+    pub verifier: Verifier,
 }
 
 impl Runtime {
@@ -34,9 +36,15 @@ impl Runtime {
             key: origin,
             message: e.to_string(),
         })?;
+        let verifier = Verifier::new(&config.dns).map_err(|e| ConfigError::Invalid {
+            file: config.source.to_string(),
+            key: "dns".to_string(),
+            message: format!("{e:#}"),
+        })?;
         Ok(Runtime {
             config,
             keys: KeyTable::new(keys),
+            verifier,
         })
     }
 }

@@ -58,6 +58,8 @@ pub struct Config {
     pub signing: Signing,
     pub keys: Vec<KeySpec>,
     pub dns: DnsSettings,
+    pub verify: VerifySettings,
+    pub policy: PolicyTable,
 }
 
 /// The milter socket.
@@ -122,6 +124,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Number of header fields of one message.
     pub max_headers: usize,
+    /// Largest message (headers and body) verified; beyond it the DKIM
+    /// result is a temperror, so DMARC is never skipped for size.
+    pub max_message_bytes: usize,
 }
 
 /// What rmilter does with a message: the reply it gives Postfix.
@@ -133,6 +138,8 @@ pub enum Action {
     Tempfail,
     /// Refuse it permanently (5xx).
     Reject,
+    /// Accept it into Postfix's hold queue for an administrator to review.
+    Quarantine,
 }
 
 impl Action {
@@ -141,6 +148,7 @@ impl Action {
             Action::Accept => "accept",
             Action::Tempfail => "tempfail",
             Action::Reject => "reject",
+            Action::Quarantine => "quarantine",
         }
     }
 }
@@ -247,6 +255,71 @@ pub struct DnsSettings {
     pub timeout: Duration,
     pub attempts: usize,
     pub cache_size: usize,
+}
+
+/// Inbound verification settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifySettings {
+    /// DKIM signatures verified per message; the rest are skipped.
+    pub max_signatures: usize,
+    /// Smallest RSA key a DKIM pass may use (RFC 8301 §3.2: 1024).
+    pub min_rsa_bits: usize,
+    /// Time for all DNS work of one message.
+    pub time_budget: Duration,
+    /// SPF evaluation time limit (RFC 7208 §4.6.4); beyond it, temperror.
+    pub spf_time_limit: Duration,
+    /// SPF void-lookup limit (RFC 7208 §4.6.4).
+    pub spf_void_lookups: u32,
+    /// Verify ARC chains.
+    pub arc: bool,
+    /// Sealers (ARC-Seal d=) whose passing chain overrides a DMARC failure.
+    pub trusted_arc_sealers: Vec<String>,
+    /// Honour RFC 7489's `pct=` (RFC 9989 removed it).
+    pub honor_pct: bool,
+    /// Quarantine (instead of only flagging) a message whose display name
+    /// shows an address of another domain.
+    pub quarantine_display_mismatch: bool,
+}
+
+/// What happens to inbound mail, per DMARC outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyActions {
+    /// DMARC fail, published policy reject.
+    pub reject: Action,
+    /// DMARC fail, published policy quarantine.
+    pub quarantine: Action,
+    /// DMARC fail, published policy none.
+    pub none: Action,
+    /// DMARC could not be evaluated (DNS temporary failure).
+    pub temperror: Action,
+    /// The DMARC record or the inputs are permanently broken.
+    pub permerror: Action,
+    /// Evaluate and log, never act.
+    pub monitor: bool,
+}
+
+/// The global policy actions and per-domain overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyTable {
+    pub global: PolicyActions,
+    /// (author domain, actions) pairs; the longest matching suffix wins.
+    pub domains: Vec<(String, PolicyActions)>,
+}
+
+impl PolicyTable {
+    /// The actions for mail whose author domain is `domain`.
+    pub fn for_domain(&self, domain: &str) -> &PolicyActions {
+        self.domains
+            .iter()
+            .filter(|(d, _)| {
+                domain == d
+                    || domain
+                        .strip_suffix(d.as_str())
+                        .is_some_and(|p| p.ends_with('.'))
+            })
+            .max_by_key(|(d, _)| d.len())
+            .map_or(&self.global, |(_, actions)| actions)
+    }
 }
 
 /// A configuration that could not be loaded.

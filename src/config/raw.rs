@@ -26,6 +26,10 @@ pub struct RawConfig {
     pub keys: Vec<RawKey>,
     #[serde(default)]
     pub dns: RawDns,
+    #[serde(default)]
+    pub verify: RawVerify,
+    #[serde(default)]
+    pub policy: RawPolicy,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -45,6 +49,7 @@ pub struct RawLimits {
     pub shutdown_timeout: Option<String>,
     pub max_header_bytes: Option<i64>,
     pub max_headers: Option<i64>,
+    pub max_message_bytes: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,4 +95,43 @@ pub struct RawDns {
     pub timeout: Option<String>,
     pub attempts: Option<i64>,
     pub cache_size: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerify {
+    pub max_signatures: Option<i64>,
+    pub min_rsa_bits: Option<i64>,
+    pub time_budget: Option<String>,
+    pub spf_time_limit: Option<String>,
+    pub spf_void_lookups: Option<i64>,
+    pub arc: Option<bool>,
+    pub trusted_arc_sealers: Option<Vec<String>>,
+    pub dmarc_pct: Option<String>,
+    pub display_name_mismatch: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub reject: Option<String>,
+    pub quarantine: Option<String>,
+    pub none: Option<String>,
+    pub temperror: Option<String>,
+    pub permerror: Option<String>,
+    pub monitor: Option<bool>,
+    #[serde(default)]
+    pub domain: Vec<RawDomainPolicy>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDomainPolicy {
+    pub domain: Option<String>,
+    pub reject: Option<String>,
+    pub quarantine: Option<String>,
+    pub none: Option<String>,
+    pub temperror: Option<String>,
+    pub permerror: Option<String>,
+    pub monitor: Option<bool>,
 }

@@ -6,7 +6,8 @@
 use super::raw::{RawConfig, RawKey};
 use super::{
     Action, ActionTable, Canon, Config, ConfigError, DnsSettings, KeyAlgorithm, KeySpec, Limits,
-    ListenAddr, LogLevel, OutboundRules, Overrides, Signing, SocketOptions, Source,
+    ListenAddr, LogLevel, OutboundRules, Overrides, PolicyActions, PolicyTable, Signing,
+    SocketOptions, Source, VerifySettings,
 };
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -196,6 +197,14 @@ pub(super) fn validate(
             10,
             1_000_000,
         )?,
+        max_message_bytes: count(
+            &ctx,
+            "limits.max_message_bytes",
+            raw.limits.max_message_bytes,
+            64 << 20,
+            1 << 16,
+            1 << 34,
+        )?,
     };
     if limits.idle_timeout < Duration::from_secs(1) {
         return Err(ctx.err("limits.idle_timeout", "must be at least 1s"));
@@ -347,6 +356,163 @@ pub(super) fn validate(
         ));
     }
 
+    let verify = VerifySettings {
+        max_signatures: count(
+            &ctx,
+            "verify.max_signatures",
+            raw.verify.max_signatures,
+            5,
+            1,
+            50,
+        )?,
+        min_rsa_bits: count(
+            &ctx,
+            "verify.min_rsa_bits",
+            raw.verify.min_rsa_bits,
+            1024,
+            1024,
+            8192,
+        )?,
+        time_budget: duration(
+            &ctx,
+            "verify.time_budget",
+            raw.verify.time_budget.as_deref(),
+            "60s",
+        )?,
+        spf_time_limit: duration(
+            &ctx,
+            "verify.spf_time_limit",
+            raw.verify.spf_time_limit.as_deref(),
+            "20s",
+        )?,
+        spf_void_lookups: count(
+            &ctx,
+            "verify.spf_void_lookups",
+            raw.verify.spf_void_lookups,
+            2,
+            0,
+            100,
+        )? as u32,
+        arc: raw.verify.arc.unwrap_or(true),
+        trusted_arc_sealers: raw
+            .verify
+            .trusted_arc_sealers
+            .unwrap_or_default()
+            .iter()
+            .map(|d| normalize_domain(d).map_err(|m| ctx.err("verify.trusted_arc_sealers", m)))
+            .collect::<Result<_, _>>()?,
+        honor_pct: match raw.verify.dmarc_pct.as_deref().unwrap_or("ignore") {
+            "ignore" => false,
+            "honor" => true,
+            other => {
+                return Err(ctx.err(
+                    "verify.dmarc_pct",
+                    format!("expected \"ignore\" or \"honor\", got {other:?}"),
+                ));
+            }
+        },
+        quarantine_display_mismatch: match raw
+            .verify
+            .display_name_mismatch
+            .as_deref()
+            .unwrap_or("flag")
+        {
+            "flag" => false,
+            "quarantine" => true,
+            other => {
+                return Err(ctx.err(
+                    "verify.display_name_mismatch",
+                    format!("expected \"flag\" or \"quarantine\", got {other:?}"),
+                ));
+            }
+        },
+    };
+    if verify.time_budget < Duration::from_secs(1) || verify.time_budget > Duration::from_secs(280)
+    {
+        return Err(ctx.err(
+            "verify.time_budget",
+            "must be between 1s and 280s (Postfix gives a milter 300s per content event)",
+        ));
+    }
+    if verify.spf_time_limit > verify.time_budget {
+        return Err(ctx.err(
+            "verify.spf_time_limit",
+            "must not exceed verify.time_budget",
+        ));
+    }
+
+    let global = PolicyActions {
+        reject: action(
+            &ctx,
+            "policy.reject",
+            raw.policy.reject.as_deref(),
+            Action::Reject,
+        )?,
+        quarantine: action(
+            &ctx,
+            "policy.quarantine",
+            raw.policy.quarantine.as_deref(),
+            Action::Quarantine,
+        )?,
+        none: action(
+            &ctx,
+            "policy.none",
+            raw.policy.none.as_deref(),
+            Action::Accept,
+        )?,
+        temperror: action(
+            &ctx,
+            "policy.temperror",
+            raw.policy.temperror.as_deref(),
+            Action::Tempfail,
+        )?,
+        permerror: action(
+            &ctx,
+            "policy.permerror",
+            raw.policy.permerror.as_deref(),
+            Action::Accept,
+        )?,
+        monitor: raw.policy.monitor.unwrap_or(false),
+    };
+    let mut domains: Vec<(String, PolicyActions)> = Vec::new();
+    for (i, d) in raw.policy.domain.iter().enumerate() {
+        let key = |k: &str| format!("policy.domain[{i}].{k}");
+        let name = d
+            .domain
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ctx.err(key("domain"), "missing"))?;
+        let name = normalize_domain(name).map_err(|m| ctx.err(key("domain"), m))?;
+        if domains.iter().any(|(n, _)| *n == name) {
+            return Err(ctx.err(key("domain"), format!("{name} is listed twice")));
+        }
+        let actions = PolicyActions {
+            reject: action(&ctx, &key("reject"), d.reject.as_deref(), global.reject)?,
+            quarantine: action(
+                &ctx,
+                &key("quarantine"),
+                d.quarantine.as_deref(),
+                global.quarantine,
+            )?,
+            none: action(&ctx, &key("none"), d.none.as_deref(), global.none)?,
+            temperror: action(
+                &ctx,
+                &key("temperror"),
+                d.temperror.as_deref(),
+                global.temperror,
+            )?,
+            permerror: action(
+                &ctx,
+                &key("permerror"),
+                d.permerror.as_deref(),
+                global.permerror,
+            )?,
+            monitor: d.monitor.unwrap_or(global.monitor),
+        };
+        domains.push((name, actions));
+    }
+    let policy = PolicyTable { global, domains };
+
     Ok(Config {
         source,
         listen,
@@ -359,6 +525,8 @@ pub(super) fn validate(
         signing,
         keys,
         dns,
+        verify,
+        policy,
     })
 }
 
@@ -533,9 +701,12 @@ fn action(
         Some("accept") => Ok(Action::Accept),
         Some("tempfail") => Ok(Action::Tempfail),
         Some("reject") => Ok(Action::Reject),
+        Some("quarantine") => Ok(Action::Quarantine),
         Some(other) => Err(ctx.err(
             key,
-            format!("expected \"accept\", \"tempfail\" or \"reject\", got {other:?}"),
+            format!(
+                "expected \"accept\", \"tempfail\", \"reject\" or \"quarantine\", got {other:?}"
+            ),
         )),
     }
 }

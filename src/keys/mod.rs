@@ -221,28 +221,35 @@ fn rsa_key(
     })
 }
 
+/// One DER TLV: (tag, contents, rest).
+fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | b as usize);
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// Bits of a DER INTEGER's magnitude.
+fn integer_bits(int: &[u8]) -> usize {
+    let significant = int.iter().skip_while(|&&b| b == 0).count();
+    significant * 8
+}
+
 /// The modulus size of a DER RSA private key (PKCS#1 `RSAPrivateKey`, or
 /// that wrapped in PKCS#8), read with a minimal DER walk; `None` when the
 /// bytes are not shaped like one.
 fn der_rsa_bits(der: &[u8], pkcs8: bool) -> Option<usize> {
-    /// One TLV: (tag, contents, rest).
-    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = input.split_first()?;
-        let (&first, rest) = rest.split_first()?;
-        let (len, rest) = if first < 0x80 {
-            (first as usize, rest)
-        } else {
-            let n = (first & 0x7f) as usize;
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            let len = rest[..n]
-                .iter()
-                .fold(0usize, |acc, &b| (acc << 8) | b as usize);
-            (len, &rest[n..])
-        };
-        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-    }
     let (tag, mut body, _) = tlv(der)?;
     if tag != 0x30 {
         return None;
@@ -264,11 +271,36 @@ fn der_rsa_bits(der: &[u8], pkcs8: bool) -> Option<usize> {
     // RSAPrivateKey: version INTEGER, modulus INTEGER, ...
     let (_, _, rest) = tlv(body)?;
     let (tag, modulus, _) = tlv(rest)?;
-    if tag != 0x02 {
+    (tag == 0x02).then(|| integer_bits(modulus))
+}
+
+/// The modulus size of a DER RSA public key as published in DKIM records:
+/// SubjectPublicKeyInfo (RFC 6376 §3.6.1) or a bare PKCS#1 `RSAPublicKey`.
+pub fn der_rsa_public_bits(der: &[u8]) -> Option<usize> {
+    let (tag, body, _) = tlv(der)?;
+    if tag != 0x30 {
         return None;
     }
-    let significant = modulus.iter().skip_while(|&&b| b == 0).count();
-    Some(significant * 8)
+    let (tag, first, rest) = tlv(body)?;
+    match tag {
+        // RSAPublicKey: modulus INTEGER, publicExponent INTEGER.
+        0x02 => Some(integer_bits(first)),
+        // SubjectPublicKeyInfo: AlgorithmIdentifier, BIT STRING.
+        0x30 => {
+            let (tag, bits, _) = tlv(rest)?;
+            if tag != 0x03 {
+                return None;
+            }
+            let (_unused, key) = bits.split_first()?;
+            let (tag, key_body, _) = tlv(key)?;
+            if tag != 0x30 {
+                return None;
+            }
+            let (tag, modulus, _) = tlv(key_body)?;
+            (tag == 0x02).then(|| integer_bits(modulus))
+        }
+        _ => None,
+    }
 }
 
 /// Load every key of a key table; the first failure names its row.

@@ -217,3 +217,19 @@ fn zone_entries_split_long_values() {
         "ed._domainkey.example.com.\tIN\tTXT\t\"v=DKIM1; k=ed25519; p=abc\""
     );
 }
+
+#[test]
+fn public_key_sizes_from_dns_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let rsa = generate(dir.path(), "example.com", "rsa", KeyAlgorithm::Rsa, 3072).unwrap();
+    assert_eq!(der_rsa_public_bits(&rsa.key.public_key), Some(3072));
+    // dkimpy's 1024-bit record, SubjectPublicKeyInfo form.
+    let published = "MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDkHlOQoBTzWRiGs5V6NpP3idY6Wk08a5qhdR6wy5bdOKb2jLQiY/J16JYi0Qvx/byYzCNb3W91y3FutACDfzwQ/BC/e/8uBsCR+yz1Lxj+PL6lHvqMKrM3rG4hstT5QjvHO9PzoxZyVYLzBfO2EeC3Ip3G+2kryOTIKT+l/K4w3QIDAQAB";
+    use base64::Engine;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(published)
+        .unwrap();
+    assert_eq!(der_rsa_public_bits(&der), Some(1024));
+    assert_eq!(der_rsa_public_bits(b"junk"), None);
+    assert_eq!(der_rsa_public_bits(&[]), None);
+}

@@ -1,0 +1,402 @@
+//! Inbound verification: SPF (HELO and MAIL FROM), DKIM, ARC and DMARC
+//! (RFC 9989) in one pass, then the policy decision and the
+//! Authentication-Results field.
+//!
+//! mail-auth verifies DKIM, ARC and DMARC; rmilter evaluates SPF itself
+//! (void-lookup limit, temperror on the time limit), decides which DKIM
+//! signatures are eligible at all (see [`dkim`]), and feeds only those to
+//! DMARC. The author domain comes from the From gate; DMARC's own reading
+//! of From must agree with it, or the message is refused as ambiguous.
+//! Nothing here reads a verdict from a header rmilter did not write.
+
+pub mod authres;
+pub mod decision;
+pub mod dkim;
+pub mod spf;
+
+use crate::config::{DnsSettings, VerifySettings};
+use crate::identity::Author;
+use dkim::{DkimStatus, DkimVerdict};
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::dmarc::{DmarcRecord, Policy};
+use mail_auth::spf::SpfOutput;
+use mail_auth::{AuthenticatedMessage, DmarcResult, MessageAuthenticator};
+use spf::{SpfLimits, SpfOutcome, SpfResult};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// The resolver-backed verifiers, built once per configuration.
+pub struct Verifier {
+    authenticator: MessageAuthenticator,
+    spf_dns: spf::HickoryDns,
+}
+
+impl Verifier {
+    pub fn new(dns: &DnsSettings) -> anyhow::Result<Verifier> {
+        let authenticator = crate::dns::authenticator(dns)?;
+        let spf_dns = spf::HickoryDns::new(authenticator.resolver().clone());
+        Ok(Verifier {
+            authenticator,
+            spf_dns,
+        })
+    }
+
+    pub fn authenticator(&self) -> &MessageAuthenticator {
+        &self.authenticator
+    }
+}
+
+/// What verification needs to know about one message.
+pub struct Input<'a> {
+    pub client_ip: Option<IpAddr>,
+    pub helo: &'a str,
+    /// The MAIL FROM address without angle brackets; empty for `<>`.
+    pub mail_from: &'a str,
+    /// The whole message, CRLF line ends.
+    pub message: &'a [u8],
+    /// Set when the message was too large to verify: DKIM is a temperror.
+    pub truncated: bool,
+    pub author: &'a Author,
+    /// This host's name, for SPF's `%{r}` macro.
+    pub receiver: &'a str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmarcStatus {
+    Pass,
+    Fail,
+    TempError,
+    PermError,
+    None,
+}
+
+impl DmarcStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DmarcStatus::Pass => "pass",
+            DmarcStatus::Fail => "fail",
+            DmarcStatus::TempError => "temperror",
+            DmarcStatus::PermError => "permerror",
+            DmarcStatus::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DmarcVerdict {
+    pub status: DmarcStatus,
+    /// The author domain evaluated.
+    pub domain: String,
+    /// The policy that applies to the author domain (`p`, `sp` or `np`,
+    /// lowered one level by `t=y`).
+    pub policy: Policy,
+    pub record: Option<Arc<DmarcRecord>>,
+    pub dkim_aligned: bool,
+    pub spf_aligned: bool,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ArcVerdict {
+    /// "none", "pass" or "fail".
+    pub status: &'static str,
+    /// `d=` of the newest ARC-Seal.
+    pub sealer: Option<String>,
+}
+
+/// All results for one message.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub dkim: Vec<DkimVerdict>,
+    /// DKIM signatures not verified because of `verify.max_signatures`.
+    pub dkim_skipped: usize,
+    pub spf_helo: SpfOutcome,
+    pub spf_mail_from: SpfOutcome,
+    pub arc: ArcVerdict,
+    pub dmarc: DmarcVerdict,
+}
+
+impl Verifier {
+    /// Verify one message within `settings.time_budget`; when the budget
+    /// runs out, everything still open is a temperror.
+    pub async fn verify(&self, settings: &VerifySettings, input: &Input<'_>) -> Verdict {
+        match tokio::time::timeout(settings.time_budget, self.verify_all(settings, input)).await {
+            Ok(verdict) => verdict,
+            Err(_) => {
+                let reason = "verification time budget exceeded".to_string();
+                Verdict {
+                    dkim: Vec::new(),
+                    dkim_skipped: 0,
+                    spf_helo: SpfOutcome::temperror(input.helo, &reason),
+                    spf_mail_from: SpfOutcome::temperror(&mail_from_domain(input), &reason),
+                    arc: ArcVerdict {
+                        status: "none",
+                        sealer: None,
+                    },
+                    dmarc: DmarcVerdict {
+                        status: DmarcStatus::TempError,
+                        domain: input.author.domain.clone(),
+                        policy: Policy::None,
+                        record: None,
+                        dkim_aligned: false,
+                        spf_aligned: false,
+                        reason,
+                    },
+                }
+            }
+        }
+    }
+
+    async fn verify_all(&self, settings: &VerifySettings, input: &Input<'_>) -> Verdict {
+        let limits = SpfLimits {
+            dns_mechanisms: 10,
+            void_lookups: settings.spf_void_lookups,
+            time: settings.spf_time_limit,
+        };
+        let (spf_helo, spf_mail_from) = match input.client_ip {
+            Some(ip) => {
+                spf::verify(
+                    &self.spf_dns,
+                    &limits,
+                    ip,
+                    input.helo,
+                    input.mail_from,
+                    input.receiver,
+                )
+                .await
+            }
+            None => (
+                SpfOutcome::none(input.helo, "no client address"),
+                SpfOutcome::none(&mail_from_domain(input), "no client address"),
+            ),
+        };
+        let author = &input.author.domain;
+        let mut dmarc = DmarcVerdict {
+            status: DmarcStatus::PermError,
+            domain: author.clone(),
+            policy: Policy::None,
+            record: None,
+            dkim_aligned: false,
+            spf_aligned: false,
+            reason: String::new(),
+        };
+        let Some(mut message) = AuthenticatedMessage::parse(input.message) else {
+            dmarc.reason = "message could not be parsed".to_string();
+            return Verdict {
+                dkim: Vec::new(),
+                dkim_skipped: 0,
+                spf_helo,
+                spf_mail_from,
+                arc: ArcVerdict {
+                    status: "none",
+                    sealer: None,
+                },
+                dmarc,
+            };
+        };
+
+        let pre = dkim::prefilter(&mut message, author, settings.max_signatures);
+        let outputs = if input.truncated {
+            Vec::new()
+        } else {
+            self.authenticator.verify_dkim(&message).await
+        };
+        let mut verdicts = pre.verdicts;
+        let verified = if input.truncated {
+            message
+                .dkim_signatures()
+                .iter()
+                .map(|h| DkimVerdict {
+                    domain: h.header.d.to_ascii_lowercase(),
+                    selector: h.header.s.clone(),
+                    algorithm: String::new(),
+                    b: String::new(),
+                    status: DkimStatus::TempError,
+                    reason: "message too large to verify".to_string(),
+                })
+                .collect()
+        } else {
+            dkim::collect(
+                &self.authenticator,
+                &message,
+                &outputs,
+                settings.min_rsa_bits,
+            )
+            .await
+        };
+        // Only signatures whose verdict allows it take part in DMARC.
+        let eligible: Vec<_> = message
+            .dkim_signatures()
+            .iter()
+            .zip(&verified)
+            .filter(|(_, v)| v.status.dmarc_eligible())
+            .filter_map(|(h, _)| {
+                outputs
+                    .iter()
+                    .find(|o| o.signature().is_some_and(|s| std::ptr::eq(s, &h.header)))
+                    .cloned()
+            })
+            .collect();
+        verdicts.extend(verified);
+
+        let arc = if settings.arc && !message.arc_seals().is_empty() {
+            let out = self.authenticator.verify_arc(&message).await;
+            ArcVerdict {
+                status: match out.result() {
+                    mail_auth::DkimResult::Pass => "pass",
+                    mail_auth::DkimResult::None => "none",
+                    _ => "fail",
+                },
+                sealer: out
+                    .chain()
+                    .iter()
+                    .max_by_key(|link| link.seal.header.i)
+                    .map(|link| link.seal.header.d.to_ascii_lowercase()),
+            }
+        } else {
+            ArcVerdict {
+                status: "none",
+                sealer: None,
+            }
+        };
+
+        // RFC 9989 §4.4.2: the SPF identity aligned against From is the
+        // MAIL FROM domain (HELO for the null sender), exactly the domain
+        // SPF evaluated; the HELO result is never a DMARC input (F10).
+        let spf_input =
+            SpfOutput::new(spf_mail_from.domain.clone()).with_result(match spf_mail_from.result {
+                SpfResult::Pass => mail_auth::SpfResult::Pass,
+                SpfResult::Fail => mail_auth::SpfResult::Fail,
+                SpfResult::SoftFail => mail_auth::SpfResult::SoftFail,
+                SpfResult::Neutral => mail_auth::SpfResult::Neutral,
+                SpfResult::TempError => mail_auth::SpfResult::TempError,
+                SpfResult::PermError => mail_auth::SpfResult::PermError,
+                SpfResult::None => mail_auth::SpfResult::None,
+            });
+        let out = self
+            .authenticator
+            .verify_dmarc(DmarcParameters::new(
+                &message,
+                &eligible,
+                &spf_mail_from.domain,
+                &spf_input,
+            ))
+            .await;
+        if !out.domain().is_empty() && out.domain() != author {
+            // The parsers disagree about the author: never guess.
+            dmarc.reason = format!(
+                "From read as {} by the DMARC evaluator and as {author} by the From gate",
+                out.domain()
+            );
+            return Verdict {
+                dkim: verdicts,
+                dkim_skipped: pre.skipped,
+                spf_helo,
+                spf_mail_from,
+                arc,
+                dmarc,
+            };
+        }
+        dmarc.dkim_aligned = *out.dkim_result() == DmarcResult::Pass;
+        dmarc.spf_aligned = *out.spf_result() == DmarcResult::Pass;
+        dmarc.policy = out.policy();
+        dmarc.record = out.record().cloned();
+        let (status, reason) = match out.result() {
+            DmarcResult::Pass => (DmarcStatus::Pass, String::new()),
+            DmarcResult::Fail(_) => (DmarcStatus::Fail, "no aligned pass".to_string()),
+            // RFC 9989 §5.3.6: a temporary failure of an aligned mechanism
+            // with no aligned pass, or of the policy lookup: no verdict.
+            DmarcResult::TempError(e) => (DmarcStatus::TempError, e.to_string()),
+            DmarcResult::PermError(e) => (DmarcStatus::PermError, e.to_string()),
+            DmarcResult::None => (DmarcStatus::None, "no DMARC record".to_string()),
+        };
+        dmarc.status = status;
+        dmarc.reason = reason;
+        Verdict {
+            dkim: verdicts,
+            dkim_skipped: pre.skipped,
+            spf_helo,
+            spf_mail_from,
+            arc,
+            dmarc,
+        }
+    }
+}
+
+impl Verifier {
+    /// Where the applied DMARC record was found and its legacy `pct=`:
+    /// the author domain's own record, else the first record up the RFC
+    /// 9989 §4.10 tree-walk names (the lookups are answered from the
+    /// resolver cache, DMARC evaluation having just made them).
+    pub async fn policy_record(&self, author: &str) -> Option<(String, Option<u8>)> {
+        let labels: Vec<&str> = author.split('.').filter(|l| !l.is_empty()).collect();
+        let total = labels.len();
+        if total < 2 {
+            return None;
+        }
+        let mut count = total;
+        loop {
+            let name = labels[total - count..].join(".");
+            if let Ok(raw) = self
+                .authenticator
+                .txt_raw_lookup(format!("_dmarc.{name}."))
+                .await
+            {
+                let text = String::from_utf8_lossy(&raw);
+                let mut tags = text.split(';').map(str::trim);
+                if tags
+                    .next()
+                    .is_some_and(|v| v.eq_ignore_ascii_case("v=DMARC1"))
+                {
+                    let pct = tags
+                        .find_map(|t| t.strip_prefix("pct="))
+                        .and_then(|p| p.trim().parse::<u8>().ok())
+                        .map(|p| p.min(100));
+                    return Some((name, pct));
+                }
+            }
+            if count == 1 {
+                return None;
+            }
+            count = if count >= 8 { 7 } else { count - 1 };
+        }
+    }
+}
+
+/// The domain SPF checks for MAIL FROM: HELO only for the null sender
+/// (RFC 7208 §2.4); a non-null sender without a domain has none (F9).
+fn mail_from_domain(input: &Input<'_>) -> String {
+    if input.mail_from.is_empty() {
+        return input.helo.to_ascii_lowercase();
+    }
+    match input.mail_from.rsplit_once('@') {
+        Some((_, domain)) => domain.to_ascii_lowercase(),
+        None => String::new(),
+    }
+}
+
+impl SpfOutcome {
+    /// An outcome for a check that could not finish in time.
+    pub fn temperror(domain: &str, reason: &str) -> SpfOutcome {
+        SpfOutcome {
+            result: SpfResult::TempError,
+            domain: domain.to_ascii_lowercase(),
+            reason: reason.to_string(),
+            dns_queries: 0,
+            void_lookups: 0,
+            explanation: None,
+        }
+    }
+
+    /// An outcome for a check that was not made.
+    pub fn none(domain: &str, reason: &str) -> SpfOutcome {
+        SpfOutcome {
+            result: SpfResult::None,
+            domain: domain.to_ascii_lowercase(),
+            reason: reason.to_string(),
+            dns_queries: 0,
+            void_lookups: 0,
+            explanation: None,
+        }
+    }
+}
