@@ -7,6 +7,7 @@
 mod common;
 
 use common::dkimpy;
+use common::dns::{TestDns, Zone};
 use common::keys::TestKeys;
 use common::milter::TestMilter;
 use common::postfix::{Postfix, PostfixConfig};
@@ -17,11 +18,17 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// rmilter with example.com's RSA and Ed25519 keys. Loopback is not an
 /// internal network here, so each outbound rule is tested on its own.
-fn milter_config(keys: &TestKeys) -> String {
+/// Inbound mail is verified against `dns`.
+fn milter_config(keys: &TestKeys, dns: &TestDns) -> String {
     format!(
-        "[outbound]\nnetworks = [\"10.0.0.0/8\"]\ndaemon_names = [\"ORIGINATING\"]\n{}",
+        "authserv_id = \"mx.example.org\"\n[outbound]\nnetworks = [\"10.0.0.0/8\"]\ndaemon_names = [\"ORIGINATING\"]\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\n{}",
+        dns.addr(),
         keys.toml()
     )
+}
+
+fn empty_dns() -> TestDns {
+    TestDns::start(Zone::new())
 }
 
 fn postfix_for(milter: &TestMilter) -> Postfix {
@@ -55,7 +62,8 @@ fn subject(data: &[u8]) -> String {
 #[test]
 fn outbound_mail_is_signed_and_inbound_passes_through() {
     let keys = TestKeys::example_com();
-    let milter = TestMilter::start_toml(&milter_config(&keys));
+    let dns = empty_dns();
+    let milter = TestMilter::start_toml(&milter_config(&keys, &dns));
     let pf = postfix_for(&milter);
     let to = ["bob@example.org"];
     let cases = [
@@ -160,7 +168,8 @@ fn outbound_mail_is_signed_and_inbound_passes_through() {
 #[test]
 fn several_from_addresses_get_550_at_the_smtp_client() {
     let keys = TestKeys::example_com();
-    let milter = TestMilter::start_toml(&milter_config(&keys));
+    let dns = empty_dns();
+    let milter = TestMilter::start_toml(&milter_config(&keys, &dns));
     let pf = postfix_for(&milter);
     for data in [
         b"From: alice@example.com\r\nFrom: ceo@example.com\r\nTo: bob@example.org\r\nSubject: two\r\n\r\nx\r\n".to_vec(),
@@ -191,10 +200,11 @@ fn unix_socket_owned_by_the_postfix_group() {
     .unwrap();
     let sock = dir.path().join("rmilter/rmilter.sock");
     let keys = TestKeys::example_com();
+    let dns = empty_dns();
     let milter = TestMilter::start_toml(&format!(
-        "listen = \"unix:{}\"\n[socket]\nmode = \"0660\"\ngroup = \"postfix\"\n{}",
+        "listen = \"unix:{}\"\n{}\n[socket]\nmode = \"0660\"\ngroup = \"postfix\"\n",
         sock.display(),
-        milter_config(&keys)
+        milter_config(&keys, &dns)
     ));
     let pf = postfix_for(&milter);
     let s = Submission::new(
@@ -217,10 +227,11 @@ fn unix_socket_owned_by_the_postfix_group() {
 #[test]
 fn with_rmilter_down_postfix_tempfails_and_nothing_leaves_unsigned() {
     let keys = TestKeys::example_com();
+    let dns = empty_dns();
     let port = common::postfix::free_port();
     let config = format!(
         "listen = \"inet:127.0.0.1:{port}\"\n{}",
-        milter_config(&keys)
+        milter_config(&keys, &dns)
     );
     let milter = TestMilter::start_toml(&config);
     let pf = postfix_for(&milter);

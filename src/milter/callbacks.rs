@@ -4,10 +4,10 @@
 //! peer input.
 
 use super::MilterState;
-use super::session::{Reply, Session};
+use super::session::{EomPlan, Reply, Session};
 use indymilter::{
-    Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, NegotiateContext,
-    ProtoOpts, SetErrorReply, SmtpReply, SocketInfo, Status,
+    ActionError, Actions, Callbacks, Context, ContextActions, EomActions, EomContext, MacroStage,
+    NegotiateContext, ProtoOpts, SetErrorReply, SmtpReply, SocketInfo, Status,
 };
 use std::ffi::CString;
 use std::sync::Arc;
@@ -88,9 +88,11 @@ fn negotiate(
     mta_actions: Actions,
     mta_opts: ProtoOpts,
 ) -> Status {
-    let wanted = Actions::ADD_HEADER;
+    // Insert signatures and Authentication-Results, delete forged
+    // Authentication-Results, hold messages in the quarantine.
+    let wanted = Actions::ADD_HEADER | Actions::CHANGE_HEADER | Actions::QUARANTINE;
     if !mta_actions.contains(wanted) {
-        error!(offered = ?mta_actions, "the MTA does not allow adding header fields; refusing the connection");
+        error!(offered = ?mta_actions, "the MTA does not offer adding, changing and quarantining; refusing the connection");
         return Status::Reject;
     }
     cx.requested_actions = wanted;
@@ -119,29 +121,40 @@ fn negotiate(
 
 async fn eom(cx: &mut EomContext<Session>) -> Status {
     let macros = &cx.macros;
-    let (headers, reply) = match cx.data.as_mut() {
-        Some(session) => session.eom(macros),
-        None => (Vec::new(), missing_session()),
+    let plan = match cx.data.as_mut() {
+        Some(session) => session.eom(macros).await,
+        None => EomPlan::reply(missing_session()),
     };
-    for (name, value) in headers {
-        // RFC 6376 §5.6: signatures go on top. Index 0 places the field above
-        // everything, Postfix's own Received field included.
-        if let Err(e) = cx.actions.insert_header(0, name.clone(), value).await {
-            let queue_id = cx
-                .data
-                .as_ref()
-                .map(|s| s.last_queue_id().to_string())
-                .unwrap_or_default();
-            error!(queue_id, name = %name.to_string_lossy(), error = %e, "could not insert header field");
-            let on_error = cx
-                .data
-                .as_ref()
-                .map(|s| s.on_error_reply())
-                .unwrap_or_else(missing_session);
-            return apply(&mut cx.reply, on_error);
-        }
+    if let Err(e) = apply_plan(&cx.actions, &plan).await {
+        let session = cx.data.as_ref();
+        let queue_id = session
+            .map(|s| s.last_queue_id().to_string())
+            .unwrap_or_default();
+        error!(queue_id, error = %e, "could not apply the message edits");
+        let on_error = session.map_or_else(missing_session, |s| s.on_error_reply());
+        return apply(&mut cx.reply, on_error);
     }
-    apply(&mut cx.reply, reply)
+    apply(&mut cx.reply, plan.reply)
+}
+
+/// Deletions first (highest index first, as planned), then insertions at
+/// index 0 (RFC 6376 §5.6, RFC 8601 §5: on top, above Postfix's own
+/// Received field), then the quarantine.
+async fn apply_plan(actions: &EomActions, plan: &EomPlan) -> Result<(), ActionError> {
+    for (name, index) in &plan.delete {
+        actions
+            .change_header(*name, *index, None::<CString>)
+            .await?;
+    }
+    for (name, value) in &plan.insert {
+        let value = CString::new(value.as_str()).map_err(|_| ActionError::InvalidParam)?;
+        actions.insert_header(0, *name, value).await?;
+    }
+    if let Some(reason) = &plan.quarantine {
+        let reason = CString::new(reason.as_str()).map_err(|_| ActionError::InvalidParam)?;
+        actions.quarantine(reason).await?;
+    }
+    Ok(())
 }
 
 fn with_session(cx: &mut Context<Session>, f: impl FnOnce(&mut Session) -> Reply) -> Status {

@@ -4,11 +4,14 @@
 //! progress, which graceful shutdown waits for).
 
 mod callbacks;
+mod inbound;
 mod session;
 
 pub use callbacks::callbacks;
-pub use session::{Direction, Session};
+pub use inbound::results_field;
+pub use session::{Direction, EomPlan, Session};
 
+use crate::report::{Discard, EvaluationSink};
 use crate::runtime::Runtime;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -17,14 +20,25 @@ use std::sync::{Arc, RwLock};
 pub struct MilterState {
     runtime: RwLock<Arc<Runtime>>,
     in_flight: AtomicUsize,
+    sink: Arc<dyn EvaluationSink>,
 }
 
 impl MilterState {
     pub fn new(runtime: Runtime) -> Arc<Self> {
+        MilterState::with_sink(runtime, Arc::new(Discard))
+    }
+
+    /// With a store for the evaluation records of verified messages.
+    pub fn with_sink(runtime: Runtime, sink: Arc<dyn EvaluationSink>) -> Arc<Self> {
         Arc::new(MilterState {
             runtime: RwLock::new(Arc::new(runtime)),
             in_flight: AtomicUsize::new(0),
+            sink,
         })
+    }
+
+    pub fn sink(&self) -> &dyn EvaluationSink {
+        self.sink.as_ref()
     }
 
     /// The runtime new messages start with.

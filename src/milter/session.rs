@@ -4,20 +4,45 @@
 //! Every stage returns a [`Reply`]; every failure becomes the configured
 //! action with a log line carrying the queue id.
 
+use super::inbound;
 use super::{InFlight, MilterState};
 use crate::config::Action;
-use crate::identity::{self, Refusal};
+use crate::identity::{self, Author, Refusal};
 use crate::runtime::Runtime;
 use crate::sign::{self, MessageSigner};
+use crate::verify::authres;
 use indymilter::Macros;
 use std::ffi::CString;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tracing::{debug, info, warn};
 
+/// What end of message does: header edits (applied in this order:
+/// deletions, then insertions at the top), quarantine, and the reply.
+#[derive(Debug, Default)]
+pub struct EomPlan {
+    /// (field name, per-name index from 1), highest index first.
+    pub delete: Vec<(&'static str, i32)>,
+    /// Fields inserted at index 0, in this order.
+    pub insert: Vec<(&'static str, String)>,
+    /// Hold-queue reason (SMFIR_QUARANTINE).
+    pub quarantine: Option<String>,
+    pub reply: Reply,
+}
+
+impl EomPlan {
+    pub fn reply(reply: Reply) -> Self {
+        EomPlan {
+            reply,
+            ..Default::default()
+        }
+    }
+}
+
 /// The answer of one stage.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Reply {
+    #[default]
     Continue,
     /// Accept the message; the MTA sends nothing more of it.
     Accept,
@@ -67,11 +92,11 @@ impl Direction {
 }
 
 /// The SMTP client as the MTA describes it.
-#[derive(Debug, Default)]
-struct Client {
-    hostname: String,
-    addr: Option<SocketAddr>,
-    helo: String,
+#[derive(Debug, Default, Clone)]
+pub(super) struct Client {
+    pub(super) hostname: String,
+    pub(super) addr: Option<SocketAddr>,
+    pub(super) helo: String,
 }
 
 impl Client {
@@ -92,11 +117,11 @@ struct Header {
 }
 
 /// The message in progress.
-struct Message {
-    runtime: Arc<Runtime>,
+pub(super) struct Message {
+    pub(super) runtime: Arc<Runtime>,
     _in_flight: InFlight,
-    queue_id: String,
-    sender: String,
+    pub(super) queue_id: String,
+    pub(super) sender: String,
     auth_user: Option<String>,
     /// `{daemon_name}` as the SMTP server set it. Postfix's cleanup, which
     /// sends the header and body events, reports main.cf's value instead.
@@ -107,6 +132,19 @@ struct Message {
     signer: Option<MessageSigner>,
     author_domain: String,
     direction: Direction,
+    /// Postfix's per-name index (from 1) of every Authentication-Results
+    /// field carrying rmilter's authserv-id: forged, to be deleted.
+    forged_results: Vec<i32>,
+    results_seen: i32,
+    /// Inbound: the author the From gate found, or why it refused.
+    pub(super) author: Option<Author>,
+    pub(super) refusal: Option<Refusal>,
+    /// Inbound: the message as verification needs it (header section, empty
+    /// line, body), bounded by `limits.max_message_bytes`.
+    pub(super) buffer: Option<Vec<u8>>,
+    pub(super) truncated: bool,
+    /// Set when a configured action is quarantine: the hold-queue reason.
+    hold: Option<String>,
 }
 
 /// The state of one milter connection.
@@ -173,12 +211,30 @@ impl Session {
             signer: None,
             author_domain: String::new(),
             direction: Direction::Inbound,
+            forged_results: Vec::new(),
+            results_seen: 0,
+            author: None,
+            refusal: None,
+            buffer: None,
+            truncated: false,
+            hold: None,
         });
         Reply::Continue
     }
 
     pub fn header(&mut self, name: &[u8], value: &[u8]) -> Reply {
         if let Some(msg) = self.message.as_mut() {
+            if name
+                .trim_ascii_end()
+                .eq_ignore_ascii_case(b"authentication-results")
+            {
+                // Postfix numbers fields per name from 1 (SMFIR_CHGHEADER).
+                msg.results_seen += 1;
+                let ours = &msg.runtime.config.authserv_id;
+                if authres::authserv_id(value).is_some_and(|id| id.eq_ignore_ascii_case(ours)) {
+                    msg.forged_results.push(msg.results_seen);
+                }
+            }
             let limits = &msg.runtime.config.limits;
             let size = name.len() + value.len() + 3;
             if msg.headers_too_big
@@ -202,11 +258,13 @@ impl Session {
         }
     }
 
-    /// End of headers: decide the direction, run the From gate, choose the
-    /// keys and start signing.
+    /// End of headers: decide the direction, run the From gate, then
+    /// either choose the keys and start signing (outbound) or start
+    /// collecting the message for verification (inbound).
     pub fn eoh(&mut self, macros: &Macros) -> Reply {
         let direction = self.direction(macros);
         let leading_space = self.leading_space;
+        let client = client_text(&self.client);
         let Some(msg) = self.message.as_mut() else {
             return Reply::Continue;
         };
@@ -224,19 +282,43 @@ impl Session {
                 action = config.actions.oversized_headers.as_str(),
                 "header section exceeds the configured limits"
             );
+            if config.actions.oversized_headers == Action::Quarantine {
+                msg.hold = Some("rmilter: message header section too big".to_string());
+            }
             return act(config.actions.oversized_headers, Failure::HeadersTooBig);
         }
+        let gate = identity::author(msg.headers.iter().map(|h| (&h.name[..], &h.value[..])));
         if !direction.is_outbound() {
-            info!(
-                queue_id = %msg.queue_id,
-                client = %client_text(&self.client),
-                direction = direction.as_str(),
-                "inbound message passed on unverified"
-            );
-            return Reply::Accept;
+            return match gate {
+                Ok(author) => {
+                    let mut buffer = header_block(&msg.headers, leading_space);
+                    buffer.extend_from_slice(b"\r\n");
+                    msg.buffer = Some(buffer);
+                    msg.author = Some(author);
+                    Reply::Continue
+                }
+                Err(refusal) => {
+                    let action = config.actions.bad_from;
+                    warn!(
+                        queue_id = %msg.queue_id,
+                        client = %client,
+                        direction = direction.as_str(),
+                        reason = %refusal,
+                        action = action.as_str(),
+                        "From gate refused the message; DMARC cannot be evaluated"
+                    );
+                    match action {
+                        Action::Reject | Action::Tempfail => act(action, Failure::BadFrom(refusal)),
+                        // Accepted or held: it still gets dmarc=permerror.
+                        Action::Accept | Action::Quarantine => {
+                            msg.refusal = Some(refusal);
+                            Reply::Continue
+                        }
+                    }
+                }
+            };
         }
-        let author = match identity::author(msg.headers.iter().map(|h| (&h.name[..], &h.value[..])))
-        {
+        let author = match gate {
             Ok(author) => author,
             Err(refusal) => {
                 warn!(
@@ -246,7 +328,14 @@ impl Session {
                     action = config.actions.bad_from.as_str(),
                     "From gate refused the message; not signed"
                 );
-                return act(config.actions.bad_from, Failure::BadFrom(refusal));
+                return match config.actions.bad_from {
+                    Action::Quarantine => {
+                        msg.hold = Some(format!("rmilter: {refusal}"));
+                        Reply::Continue
+                    }
+                    Action::Accept if !msg.forged_results.is_empty() => Reply::Continue,
+                    action => act(action, Failure::BadFrom(refusal)),
+                };
             }
         };
         let keys = msg
@@ -260,7 +349,11 @@ impl Session {
                 from_domain = %author.domain,
                 "no signing key for the author domain; not signed"
             );
-            return Reply::Accept;
+            return if msg.forged_results.is_empty() {
+                Reply::Accept
+            } else {
+                Reply::Continue
+            };
         }
         let names = sign::header_list(&config.signing, msg.headers.iter().map(|h| &h.name[..]));
         let block = header_block(&msg.headers, leading_space);
@@ -271,48 +364,70 @@ impl Session {
     }
 
     pub fn body(&mut self, chunk: &[u8]) -> Reply {
-        if let Some(signer) = self.message.as_mut().and_then(|m| m.signer.as_mut()) {
+        let Some(msg) = self.message.as_mut() else {
+            return Reply::Continue;
+        };
+        if let Some(signer) = msg.signer.as_mut() {
             signer.body(chunk);
+        }
+        if let Some(buffer) = msg.buffer.as_mut() {
+            if buffer.len() + chunk.len() > msg.runtime.config.limits.max_message_bytes {
+                // Keep memory bounded; DKIM becomes a temperror, DMARC still runs.
+                msg.truncated = true;
+            } else if !msg.truncated {
+                buffer.extend_from_slice(chunk);
+            }
         }
         Reply::Continue
     }
 
-    /// End of message: finish the signatures. Returns the header fields to
-    /// insert at the top of the message and the reply.
-    pub fn eom(&mut self, macros: &Macros) -> (Vec<(CString, CString)>, Reply) {
+    /// End of message: finish the signatures (outbound) or verify and
+    /// decide (inbound). Returns the header edits, quarantine and reply.
+    pub async fn eom(&mut self, macros: &Macros) -> EomPlan {
         let Some(mut msg) = self.message.take() else {
-            return (Vec::new(), Reply::Continue);
+            return EomPlan::reply(Reply::Continue);
         };
         if let Some(id) = macro_value(macros, "i").filter(|v| !v.is_empty()) {
             msg.queue_id = id;
         }
         self.last_queue_id.clone_from(&msg.queue_id);
-        let Some(signer) = msg.signer.take() else {
-            return (Vec::new(), Reply::Continue);
-        };
+        let mut plan = EomPlan::reply(Reply::Continue);
+        // RFC 8601 §5: remove every field claiming to be from us, highest
+        // index first (Postfix renumbers after each deletion; deleting in
+        // order let every second forgery survive, CVE-2022-48521).
+        for index in msg.forged_results.iter().rev() {
+            plan.delete.push(("Authentication-Results", *index));
+        }
+        if !msg.forged_results.is_empty() {
+            warn!(queue_id = %msg.queue_id, count = msg.forged_results.len(), "removing forged Authentication-Results fields");
+        }
+        if let Some(reason) = msg.hold.take() {
+            plan.quarantine = Some(reason);
+            info!(queue_id = %msg.queue_id, "message held in the quarantine (hold) queue");
+            return plan;
+        }
+        if msg.direction.is_outbound() {
+            self.finish_outbound(msg, plan)
+        } else {
+            let client = self.client.clone();
+            inbound::finish(&self.state, &client, msg, plan).await
+        }
+    }
+
+    fn finish_outbound(&self, mut msg: Message, mut plan: EomPlan) -> EomPlan {
         let config = &msg.runtime.config;
+        let Some(signer) = msg.signer.take() else {
+            return plan;
+        };
         match signer.finish() {
             Ok(signatures) => {
-                let mut fields = Vec::with_capacity(signatures.len());
                 for sig in &signatures {
                     let value = if self.leading_space {
                         sig.value.clone()
                     } else {
                         sig.value.trim_start().to_string()
                     };
-                    match (CString::new("DKIM-Signature"), CString::new(value)) {
-                        (Ok(name), Ok(value)) => fields.push((name, value)),
-                        _ => {
-                            return (
-                                Vec::new(),
-                                internal_error(
-                                    config.actions.on_error,
-                                    &msg.queue_id,
-                                    "signature text contains NUL",
-                                ),
-                            );
-                        }
-                    }
+                    plan.insert.push(("DKIM-Signature", value));
                 }
                 info!(
                     queue_id = %msg.queue_id,
@@ -327,12 +442,13 @@ impl Session {
                         .join(", "),
                     "message signed"
                 );
-                (fields, Reply::Continue)
+                plan
             }
-            Err(e) => (
-                Vec::new(),
-                internal_error(config.actions.on_error, &msg.queue_id, &e.to_string()),
-            ),
+            Err(e) => EomPlan::reply(internal_error(
+                config.actions.on_error,
+                &msg.queue_id,
+                &e.to_string(),
+            )),
         }
     }
 
@@ -395,21 +511,24 @@ impl Session {
     }
 }
 
-enum Failure {
+pub(super) enum Failure {
     BadFrom(Refusal),
     HeadersTooBig,
     Internal,
 }
 
-fn internal_error(action: Action, queue_id: &str, reason: &str) -> Reply {
+pub(super) fn internal_error(action: Action, queue_id: &str, reason: &str) -> Reply {
     tracing::error!(queue_id, reason, action = action.as_str(), "internal error");
     act(action, Failure::Internal)
 }
 
 /// The reply for a configured action.
-fn act(action: Action, failure: Failure) -> Reply {
+pub(super) fn act(action: Action, failure: Failure) -> Reply {
     match (action, failure) {
         (Action::Accept, _) => Reply::Accept,
+        // Quarantine happens at end of message; the caller records the
+        // reason and the message goes on.
+        (Action::Quarantine, _) => Reply::Continue,
         (Action::Reject, Failure::BadFrom(refusal)) => Reply::Reject {
             code: "550",
             xcode: "5.7.1",
@@ -493,7 +612,7 @@ fn macro_value(macros: &Macros, name: &str) -> Option<String> {
         .map(|v| v.to_string_lossy().trim().to_string())
 }
 
-fn client_text(client: &Client) -> String {
+pub(super) fn client_text(client: &Client) -> String {
     match client.addr {
         Some(addr) => format!("{}[{}]", client.hostname, addr.ip()),
         None => client.hostname.clone(),

@@ -7,6 +7,7 @@
 use rmilter::config::{self, ListenAddr, Overrides, Source};
 use rmilter::daemon;
 use rmilter::milter::MilterState;
+use rmilter::report::{Discard, EvaluationSink, MemorySink};
 use rmilter::runtime::Runtime;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -21,25 +22,28 @@ pub struct TestMilter {
 impl TestMilter {
     /// Start on a configuration given as TOML text, listening on
     /// 127.0.0.1 with a free port unless the text sets `listen`.
+    ///
+    /// Without a `[dns]` section the resolver points at a closed loopback
+    /// port: tests never reach live DNS, and a lookup fails within 0.5 s.
     pub fn start_toml(toml: &str) -> TestMilter {
-        let overrides = if toml.lines().any(|l| l.trim_start().starts_with("listen")) {
-            Overrides::default()
-        } else {
-            Overrides {
-                listen: Some("inet:127.0.0.1:0".to_string()),
-                keys: Vec::new(),
-            }
-        };
-        let config = config::from_text(Source::Embedded, toml, &overrides)
-            .unwrap_or_else(|e| panic!("test configuration: {e}"));
-        let runtime = Runtime::from_config(config).unwrap_or_else(|e| panic!("test keys: {e}"));
-        TestMilter::start(runtime)
+        TestMilter::start(runtime_from_toml(toml))
+    }
+
+    /// Like [`TestMilter::start_toml`], keeping every evaluation record.
+    pub fn start_toml_recording(toml: &str) -> (TestMilter, Arc<MemorySink>) {
+        let sink = Arc::new(MemorySink::default());
+        let milter = TestMilter::start_with(runtime_from_toml(toml), sink.clone());
+        (milter, sink)
     }
 
     pub fn start(runtime: Runtime) -> TestMilter {
+        TestMilter::start_with(runtime, Arc::new(Discard))
+    }
+
+    pub fn start_with(runtime: Runtime, sink: Arc<dyn EvaluationSink>) -> TestMilter {
         let listen = runtime.config.listen.clone();
         let socket = runtime.config.socket.clone();
-        let state = MilterState::new(runtime);
+        let state = MilterState::with_sink(runtime, sink);
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread_state = state.clone();
@@ -113,4 +117,28 @@ impl Drop for TestMilter {
     fn drop(&mut self) {
         let _ = self.shutdown();
     }
+}
+
+/// A runtime from TOML text, as [`TestMilter::start_toml`] uses it.
+pub fn runtime_from_toml(toml: &str) -> Runtime {
+    let owned;
+    let toml = if toml.contains("[dns]") {
+        toml
+    } else {
+        owned = format!(
+            "{toml}\n[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout = \"500ms\"\nattempts = 1\n"
+        );
+        &owned
+    };
+    let overrides = if toml.lines().any(|l| l.trim_start().starts_with("listen")) {
+        Overrides::default()
+    } else {
+        Overrides {
+            listen: Some("inet:127.0.0.1:0".to_string()),
+            keys: Vec::new(),
+        }
+    };
+    let config = config::from_text(Source::Embedded, toml, &overrides)
+        .unwrap_or_else(|e| panic!("test configuration: {e}"));
+    Runtime::from_config(config).unwrap_or_else(|e| panic!("test keys: {e}"))
 }

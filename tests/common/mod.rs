@@ -6,11 +6,13 @@
 #![allow(dead_code)]
 
 pub mod dkimpy;
+pub mod dns;
 pub mod drive;
 pub mod keys;
 pub mod milter;
 pub mod opendkim;
 pub mod postfix;
+pub mod sign;
 pub mod sink;
 pub mod smtp;
 

@@ -1,0 +1,308 @@
+//! End of message for inbound mail: verify, decide, write the one
+//! Authentication-Results field, hand the evaluation to the report store,
+//! and log the decision in one line.
+
+use super::MilterState;
+use super::session::{Client, EomPlan, Message, Reply};
+use crate::config::Action;
+use crate::identity::Author;
+use crate::report::{DkimRecord, Evaluation, PublishedPolicy, SpfRecord};
+use crate::verify::authres::{self, ResInfo};
+use crate::verify::decision::{self, Decision, policy_str};
+use crate::verify::spf::SpfOutcome;
+use crate::verify::{DmarcStatus, Input, Verdict};
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+use tracing::{info, warn};
+
+pub(super) async fn finish(
+    state: &Arc<MilterState>,
+    client: &Client,
+    msg: Message,
+    mut plan: EomPlan,
+) -> EomPlan {
+    let config = &msg.runtime.config;
+    let authserv = config.authserv_id.as_str();
+    if let Some(refusal) = &msg.refusal {
+        // The From gate refused and the configured action lets the message
+        // in: say so; never dmarc=pass or dmarc=none (RELIABILITY F1-F4).
+        let field = authres::render(
+            authserv,
+            &[ResInfo::new("dmarc", "permerror").comment(refusal.to_string())],
+        );
+        plan.insert.push(("Authentication-Results", field));
+        if config.actions.bad_from == Action::Quarantine {
+            plan.quarantine = Some(format!("rmilter: {refusal}"));
+        }
+        info!(
+            queue_id = %msg.queue_id,
+            client = %super::session::client_text(client),
+            reason = %refusal,
+            dmarc = "permerror",
+            action = config.actions.bad_from.as_str(),
+            "inbound message decided"
+        );
+        return plan;
+    }
+    let Some(author) = msg.author.as_ref() else {
+        return plan;
+    };
+    let ip = client.addr.map(|a| match a.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    });
+    let input = Input {
+        client_ip: ip,
+        helo: &client.helo,
+        mail_from: &msg.sender,
+        message: msg.buffer.as_deref().unwrap_or_default(),
+        truncated: msg.truncated,
+        author,
+        receiver: authserv,
+    };
+    let verifier = &msg.runtime.verifier;
+    let verdict = verifier.verify(&config.verify, &input).await;
+    let record = if verdict.dmarc.record.is_some() {
+        verifier.policy_record(&author.domain).await
+    } else {
+        None
+    };
+    let pct = record.as_ref().and_then(|(_, pct)| *pct);
+    let decision = decision::decide(
+        &verdict,
+        &config.policy,
+        &config.verify,
+        author.display_domain.as_deref(),
+        pct,
+        sample,
+    );
+    plan.insert.push((
+        "Authentication-Results",
+        results_field(authserv, &verdict, author),
+    ));
+    let (code, xcode, text) = decision.reply.clone();
+    plan.reply = match decision.action {
+        Action::Accept => Reply::Continue,
+        Action::Quarantine => {
+            plan.quarantine = Some(format!(
+                "rmilter: dmarc={} for {}",
+                verdict.dmarc.status.as_str(),
+                verdict.dmarc.domain
+            ));
+            Reply::Continue
+        }
+        Action::Reject => Reply::Reject { code, xcode, text },
+        Action::Tempfail => Reply::Tempfail { code, xcode, text },
+    };
+    if decision.action != Action::Tempfail
+        && let Some((policy_domain, _)) = &record
+    {
+        state
+            .sink()
+            .record(evaluation(&msg, ip, &verdict, &decision, policy_domain));
+    }
+    log_decision(&msg, client, &verdict, &decision);
+    plan
+}
+
+/// Whether a message falls inside a `pct=` sample.
+fn sample(pct: u8) -> bool {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish() % 100 < u64::from(pct)
+}
+
+fn spf_info(outcome: &SpfOutcome, property: &'static str, value: &str) -> ResInfo {
+    let mut info = ResInfo::new("spf", outcome.result.as_str());
+    if !outcome.reason.is_empty() {
+        info = info.comment(outcome.reason.clone());
+    }
+    info.prop(property, value.to_string())
+}
+
+/// The Authentication-Results value: DKIM per signature, SPF for MAIL FROM
+/// and HELO, DMARC with the policy, ARC.
+pub fn results_field(authserv: &str, verdict: &Verdict, author: &Author) -> String {
+    let mut results = Vec::new();
+    if verdict.dkim.is_empty() {
+        results.push(ResInfo::new("dkim", "none"));
+    }
+    for dkim in &verdict.dkim {
+        let mut info = ResInfo::new("dkim", dkim.status.as_str());
+        if !dkim.reason.is_empty() {
+            info = info.comment(dkim.reason.clone());
+        }
+        results.push(
+            info.prop("header.d", dkim.domain.clone())
+                .prop("header.s", dkim.selector.clone())
+                .prop("header.a", dkim.algorithm.clone())
+                .prop("header.b", dkim.b.clone()),
+        );
+    }
+    if verdict.dkim_skipped > 0 {
+        results.push(ResInfo::new("dkim", "policy").comment(format!(
+            "{} more signatures not verified (verify.max_signatures)",
+            verdict.dkim_skipped
+        )));
+    }
+    results.push(spf_info(
+        &verdict.spf_mail_from,
+        "smtp.mailfrom",
+        &verdict.spf_mail_from.domain,
+    ));
+    results.push(spf_info(
+        &verdict.spf_helo,
+        "smtp.helo",
+        &verdict.spf_helo.domain,
+    ));
+    let dmarc = &verdict.dmarc;
+    let mut comment = Vec::new();
+    if let Some(record) = &dmarc.record {
+        comment.push(format!(
+            "p={} sp={}",
+            policy_str(record.p),
+            policy_str(record.sp)
+        ));
+        if record.t {
+            comment.push("t=y".to_string());
+        }
+    }
+    if !dmarc.reason.is_empty() && dmarc.status != DmarcStatus::Pass {
+        comment.push(dmarc.reason.clone());
+    }
+    if let Some(other) = &author.display_domain {
+        comment.push(format!("display name shows an address at {other}"));
+    }
+    let mut info = ResInfo::new("dmarc", dmarc.status.as_str());
+    if !comment.is_empty() {
+        info = info.comment(comment.join("; "));
+    }
+    info = info.prop("header.from", dmarc.domain.clone());
+    if dmarc.record.is_some() {
+        info = info.prop("policy.dmarc", policy_str(dmarc.policy));
+    }
+    results.push(info);
+    let mut arc = ResInfo::new("arc", verdict.arc.status);
+    if let Some(sealer) = &verdict.arc.sealer {
+        arc = arc.comment(format!("sealer {sealer}"));
+    }
+    results.push(arc);
+    authres::render(authserv, &results)
+}
+
+fn evaluation(
+    msg: &Message,
+    ip: Option<IpAddr>,
+    verdict: &Verdict,
+    decision: &Decision,
+    policy_domain: &str,
+) -> Evaluation {
+    let record = verdict.dmarc.record.as_ref();
+    let alignment = |a: mail_auth::dmarc::Alignment| match a {
+        mail_auth::dmarc::Alignment::Relaxed => "r",
+        mail_auth::dmarc::Alignment::Strict => "s",
+    };
+    Evaluation {
+        time: std::time::SystemTime::now(),
+        source_ip: ip,
+        header_from: verdict.dmarc.domain.clone(),
+        envelope_from: verdict.spf_mail_from.domain.clone(),
+        policy: record.map(|r| PublishedPolicy {
+            domain: policy_domain.to_string(),
+            p: policy_str(r.p),
+            sp: policy_str(r.sp),
+            np: policy_str(r.np),
+            adkim: alignment(r.adkim),
+            aspf: alignment(r.aspf),
+            testing: r.t,
+            psd: match r.psd {
+                mail_auth::dmarc::Psd::Yes => "y",
+                mail_auth::dmarc::Psd::No => "n",
+                mail_auth::dmarc::Psd::Default => "u",
+            },
+        }),
+        disposition: decision.disposition,
+        dkim_aligned: if verdict.dmarc.dkim_aligned {
+            "pass"
+        } else {
+            "fail"
+        },
+        spf_aligned: if verdict.dmarc.spf_aligned {
+            "pass"
+        } else {
+            "fail"
+        },
+        dkim: verdict
+            .dkim
+            .iter()
+            .filter(|d| !d.domain.is_empty())
+            .map(|d| DkimRecord {
+                domain: d.domain.clone(),
+                selector: d.selector.clone(),
+                result: d.status.as_str(),
+            })
+            .collect(),
+        spf: vec![SpfRecord {
+            domain: verdict.spf_mail_from.domain.clone(),
+            scope: if msg.sender.is_empty() {
+                "helo"
+            } else {
+                "mfrom"
+            },
+            result: verdict.spf_mail_from.result.as_str(),
+        }],
+        overrides: decision.overrides.clone(),
+    }
+}
+
+fn log_decision(msg: &Message, client: &Client, verdict: &Verdict, decision: &Decision) {
+    let dkim = verdict
+        .dkim
+        .iter()
+        .map(|d| format!("{}:{}={}", d.domain, d.selector, d.status.as_str()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let aligned = match (verdict.dmarc.dkim_aligned, verdict.dmarc.spf_aligned) {
+        (true, true) => "dkim+spf",
+        (true, false) => "dkim",
+        (false, true) => "spf",
+        (false, false) => "none",
+    };
+    let line = |level_warn: bool| {
+        if level_warn {
+            warn!(
+                queue_id = %msg.queue_id,
+                client = %super::session::client_text(client),
+                from_domain = %verdict.dmarc.domain,
+                spf_mailfrom = %format!("{}={}", verdict.spf_mail_from.domain, verdict.spf_mail_from.result.as_str()),
+                spf_helo = %verdict.spf_helo.result.as_str(),
+                dkim = %dkim,
+                arc = verdict.arc.status,
+                aligned,
+                branch = %decision.branch,
+                action = decision.action.as_str(),
+                "inbound message decided"
+            );
+        } else {
+            info!(
+                queue_id = %msg.queue_id,
+                client = %super::session::client_text(client),
+                from_domain = %verdict.dmarc.domain,
+                spf_mailfrom = %format!("{}={}", verdict.spf_mail_from.domain, verdict.spf_mail_from.result.as_str()),
+                spf_helo = %verdict.spf_helo.result.as_str(),
+                dkim = %dkim,
+                arc = verdict.arc.status,
+                aligned,
+                branch = %decision.branch,
+                action = decision.action.as_str(),
+                "inbound message decided"
+            );
+        }
+    };
+    line(decision.action != Action::Accept);
+}
