@@ -230,8 +230,11 @@ impl Session {
             {
                 // Postfix numbers fields per name from 1 (SMFIR_CHGHEADER).
                 msg.results_seen += 1;
+                // RFC 8601 §5: fields with our authserv-id are forged. A
+                // field whose id cannot be read (no id, hostile nesting) is
+                // removed too: another reader might find our id in it.
                 let ours = &msg.runtime.config.authserv_id;
-                if authres::authserv_id(value).is_some_and(|id| id.eq_ignore_ascii_case(ours)) {
+                if authres::authserv_id(value).is_none_or(|id| id.eq_ignore_ascii_case(ours)) {
                     msg.forged_results.push(msg.results_seen);
                 }
             }

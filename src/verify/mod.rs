@@ -5,8 +5,8 @@
 //! mail-auth verifies DKIM, ARC and DMARC; rmilter evaluates SPF itself
 //! (void-lookup limit, temperror on the time limit), decides which DKIM
 //! signatures are eligible at all (see [`dkim`]), and feeds only those to
-//! DMARC. The author domain comes from the From gate; DMARC's own reading
-//! of From must agree with it, or the message is refused as ambiguous.
+//! DMARC. The author domain comes from the From gate alone: DMARC is
+//! evaluated for exactly that domain.
 //! Nothing here reads a verdict from a header rmilter did not write.
 
 pub mod authres;
@@ -273,21 +273,33 @@ impl Verifier {
                 SpfResult::PermError => mail_auth::SpfResult::PermError,
                 SpfResult::None => mail_auth::SpfResult::None,
             });
+        // DMARC sees the author exactly as the From gate read it: a message
+        // holding only that From (mail-auth's DMARC reads nothing else of
+        // the message). Its own From parser never gets a say, so a value
+        // two parsers read differently cannot split the verdict.
+        let author_view = format!("From: <postmaster@{author}>\r\n\r\n");
+        let Some(author_message) = AuthenticatedMessage::parse(author_view.as_bytes()) else {
+            dmarc.reason = "author domain could not be evaluated".to_string();
+            return Verdict {
+                dkim: verdicts,
+                dkim_skipped: pre.skipped,
+                spf_helo,
+                spf_mail_from,
+                arc,
+                dmarc,
+            };
+        };
         let out = self
             .authenticator
             .verify_dmarc(DmarcParameters::new(
-                &message,
+                &author_message,
                 &eligible,
                 &spf_mail_from.domain,
                 &spf_input,
             ))
             .await;
-        if !out.domain().is_empty() && out.domain() != author {
-            // The parsers disagree about the author: never guess.
-            dmarc.reason = format!(
-                "From read as {} by the DMARC evaluator and as {author} by the From gate",
-                out.domain()
-            );
+        if out.domain() != author {
+            dmarc.reason = format!("DMARC evaluated {:?} instead of {author}", out.domain());
             return Verdict {
                 dkim: verdicts,
                 dkim_skipped: pre.skipped,

@@ -103,8 +103,9 @@ pub fn split_message(raw: &[u8]) -> (Fields, Vec<u8>) {
             if let Some(last) = fields.last_mut() {
                 last.1.push(b'\n');
                 last.1.extend_from_slice(line);
+                continue;
             }
-            continue;
+            // A header section that starts with whitespace: the name keeps it.
         }
         match line.iter().position(|&b| b == b':') {
             Some(colon) => fields.push((line[..colon].to_vec(), line[colon + 1..].to_vec())),
