@@ -99,13 +99,14 @@ pub fn split_message(raw: &[u8]) -> (Fields, Vec<u8>) {
         if line.is_empty() {
             continue;
         }
-        if matches!(line[0], b' ' | b'\t') {
-            if let Some(last) = fields.last_mut() {
-                last.1.push(b'\n');
-                last.1.extend_from_slice(line);
-                continue;
-            }
-            // A header section that starts with whitespace: the name keeps it.
+        // A continuation line; one that starts the header section keeps its
+        // whitespace as part of a field name instead.
+        if matches!(line[0], b' ' | b'\t')
+            && let Some(last) = fields.last_mut()
+        {
+            last.1.push(b'\n');
+            last.1.extend_from_slice(line);
+            continue;
         }
         match line.iter().position(|&b| b == b':') {
             Some(colon) => fields.push((line[..colon].to_vec(), line[colon + 1..].to_vec())),
