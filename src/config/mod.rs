@@ -127,6 +127,11 @@ pub struct Limits {
     /// Largest message (headers and body) verified; beyond it the DKIM
     /// result is a temperror, so DMARC is never skipped for size.
     pub max_message_bytes: usize,
+    /// The part of an inbound message kept in memory; the rest is spooled
+    /// to a private temporary file.
+    pub memory_bytes: usize,
+    /// Where spool files go; `None`: the system's temporary directory.
+    pub spool_dir: Option<PathBuf>,
 }
 
 /// What rmilter does with a message: the reply it gives Postfix.

@@ -50,6 +50,8 @@ pub struct RawLimits {
     pub max_header_bytes: Option<i64>,
     pub max_headers: Option<i64>,
     pub max_message_bytes: Option<i64>,
+    pub memory_bytes: Option<i64>,
+    pub spool_dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -201,10 +201,28 @@ pub(super) fn validate(
             &ctx,
             "limits.max_message_bytes",
             raw.limits.max_message_bytes,
-            64 << 20,
+            256 << 20,
             1 << 16,
-            1 << 34,
+            1 << 40,
         )?,
+        memory_bytes: count(
+            &ctx,
+            "limits.memory_bytes",
+            raw.limits.memory_bytes,
+            2 << 20,
+            1 << 12,
+            1 << 30,
+        )?,
+        spool_dir: match raw.limits.spool_dir.as_deref().unwrap_or("") {
+            "" => None,
+            dir if dir.starts_with('/') => Some(PathBuf::from(dir)),
+            dir => {
+                return Err(ctx.err(
+                    "limits.spool_dir",
+                    format!("must be an absolute path, got {dir:?}"),
+                ));
+            }
+        },
     };
     if limits.idle_timeout < Duration::from_secs(1) {
         return Err(ctx.err("limits.idle_timeout", "must be at least 1s"));

@@ -3,7 +3,7 @@
 //! and log the decision in one line.
 
 use super::MilterState;
-use super::session::{Client, EomPlan, Message, Reply};
+use super::session::{Client, EomPlan, Message, Reply, internal_error};
 use crate::config::Action;
 use crate::identity::Author;
 use crate::report::{DkimRecord, Evaluation, PublishedPolicy, SpfRecord};
@@ -19,7 +19,7 @@ use tracing::{info, warn};
 pub(super) async fn finish(
     state: &Arc<MilterState>,
     client: &Client,
-    msg: Message,
+    mut msg: Message,
     mut plan: EomPlan,
 ) -> EomPlan {
     let config = &msg.runtime.config;
@@ -52,17 +52,41 @@ pub(super) async fn finish(
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     });
+    if let Some(error) = &msg.spool_error {
+        plan.reply = internal_error(
+            config.actions.on_error,
+            &msg.queue_id,
+            &format!("spool: {error}"),
+        );
+        if config.actions.on_error == Action::Quarantine {
+            plan.quarantine = Some("rmilter: message could not be verified".to_string());
+        }
+        return plan;
+    }
+    let mut spool = msg.spool.take();
+    let contents = match spool.as_mut().map(|s| s.contents()).transpose() {
+        Ok(contents) => contents,
+        Err(e) => {
+            plan.reply = internal_error(
+                config.actions.on_error,
+                &msg.queue_id,
+                &format!("spool: {e}"),
+            );
+            return plan;
+        }
+    };
     let input = Input {
         client_ip: ip,
         helo: &client.helo,
         mail_from: &msg.sender,
-        message: msg.buffer.as_deref().unwrap_or_default(),
+        message: contents.as_deref().unwrap_or_default(),
         truncated: msg.truncated,
         author,
         receiver: authserv,
     };
     let verifier = &msg.runtime.verifier;
     let verdict = verifier.verify(&config.verify, &input).await;
+    drop(contents);
     let record = if verdict.dmarc.record.is_some() {
         verifier.policy_record(&author.domain).await
     } else {

@@ -6,6 +6,7 @@
 mod callbacks;
 mod inbound;
 mod session;
+mod spool;
 
 pub use callbacks::callbacks;
 pub use inbound::results_field;

@@ -5,6 +5,7 @@
 //! action with a log line carrying the queue id.
 
 use super::inbound;
+use super::spool::Spool;
 use super::{InFlight, MilterState};
 use crate::config::Action;
 use crate::identity::{self, Author, Refusal};
@@ -141,10 +142,14 @@ pub(super) struct Message {
     pub(super) refusal: Option<Refusal>,
     /// Inbound: the message as verification needs it (header section, empty
     /// line, body), bounded by `limits.max_message_bytes`.
-    pub(super) buffer: Option<Vec<u8>>,
+    pub(super) spool: Option<Spool>,
     pub(super) truncated: bool,
+    /// The spool could not be written: the message cannot be verified.
+    pub(super) spool_error: Option<String>,
     /// Set when a configured action is quarantine: the hold-queue reason.
     hold: Option<String>,
+    /// End of headers has been processed.
+    headers_done: bool,
 }
 
 /// The state of one milter connection.
@@ -215,9 +220,11 @@ impl Session {
             results_seen: 0,
             author: None,
             refusal: None,
-            buffer: None,
+            spool: None,
             truncated: false,
+            spool_error: None,
             hold: None,
+            headers_done: false,
         });
         Reply::Continue
     }
@@ -276,6 +283,7 @@ impl Session {
         }
         self.last_queue_id.clone_from(&msg.queue_id);
         msg.direction = direction;
+        msg.headers_done = true;
         let config = &msg.runtime.config;
         if msg.headers_too_big {
             warn!(
@@ -294,9 +302,14 @@ impl Session {
         if !direction.is_outbound() {
             return match gate {
                 Ok(author) => {
-                    let mut buffer = header_block(&msg.headers, leading_space);
-                    buffer.extend_from_slice(b"\r\n");
-                    msg.buffer = Some(buffer);
+                    let limits = &config.limits;
+                    let mut block = header_block(&msg.headers, leading_space);
+                    block.extend_from_slice(b"\r\n");
+                    let mut spool = Spool::new(limits.memory_bytes);
+                    if let Err(e) = spool.write(&block, limits.spool_dir.as_deref()) {
+                        msg.spool_error = Some(e.to_string());
+                    }
+                    msg.spool = Some(spool);
                     msg.author = Some(author);
                     Reply::Continue
                 }
@@ -373,12 +386,15 @@ impl Session {
         if let Some(signer) = msg.signer.as_mut() {
             signer.body(chunk);
         }
-        if let Some(buffer) = msg.buffer.as_mut() {
-            if buffer.len() + chunk.len() > msg.runtime.config.limits.max_message_bytes {
-                // Keep memory bounded; DKIM becomes a temperror, DMARC still runs.
+        if let Some(spool) = msg.spool.as_mut() {
+            let limits = &msg.runtime.config.limits;
+            if spool.len() + chunk.len() > limits.max_message_bytes {
+                // Beyond the cap DKIM becomes a temperror; DMARC still runs.
                 msg.truncated = true;
-            } else if !msg.truncated {
-                buffer.extend_from_slice(chunk);
+            } else if !msg.truncated && msg.spool_error.is_none() {
+                if let Err(e) = spool.write(chunk, limits.spool_dir.as_deref()) {
+                    msg.spool_error = Some(e.to_string());
+                }
             }
         }
         Reply::Continue
@@ -387,6 +403,18 @@ impl Session {
     /// End of message: finish the signatures (outbound) or verify and
     /// decide (inbound). Returns the header edits, quarantine and reply.
     pub async fn eom(&mut self, macros: &Macros) -> EomPlan {
+        // A peer that skips end-of-headers still gets the From gate and a
+        // direction: nothing reaches end of message undecided.
+        if self.message.as_ref().is_some_and(|m| !m.headers_done) {
+            let reply = self.eoh(macros);
+            if reply != Reply::Continue {
+                self.message = None;
+                return EomPlan::reply(match reply {
+                    Reply::Accept | Reply::Noreply => Reply::Continue,
+                    other => other,
+                });
+            }
+        }
         let Some(mut msg) = self.message.take() else {
             return EomPlan::reply(Reply::Continue);
         };

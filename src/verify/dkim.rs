@@ -107,7 +107,9 @@ pub fn is_dns_token(text: &str) -> bool {
         })
 }
 
-fn aligned_hint(d: &str, author: &str) -> bool {
+/// Whether `d` may align with the author domain (same domain, parent or
+/// child): used to order signatures and for decisions on the safe side.
+pub fn aligned_hint(d: &str, author: &str) -> bool {
     let d = d.to_ascii_lowercase();
     d == author || author.ends_with(&format!(".{d}")) || d.ends_with(&format!(".{author}"))
 }

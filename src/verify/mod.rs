@@ -324,6 +324,18 @@ impl Verifier {
         };
         dmarc.status = status;
         dmarc.reason = reason;
+        // A message too large to verify whose author-aligned signature
+        // could have passed: no verdict either way (never a size bypass,
+        // never a reject of mail that might be genuine).
+        if input.truncated
+            && status == DmarcStatus::Fail
+            && verdicts
+                .iter()
+                .any(|v| v.status == DkimStatus::TempError && dkim::aligned_hint(&v.domain, author))
+        {
+            dmarc.status = DmarcStatus::TempError;
+            dmarc.reason = "message too large to verify the aligned DKIM signature".to_string();
+        }
         Verdict {
             dkim: verdicts,
             dkim_skipped: pre.skipped,
