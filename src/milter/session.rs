@@ -391,10 +391,11 @@ impl Session {
             if spool.len() + chunk.len() > limits.max_message_bytes {
                 // Beyond the cap DKIM becomes a temperror; DMARC still runs.
                 msg.truncated = true;
-            } else if !msg.truncated && msg.spool_error.is_none() {
-                if let Err(e) = spool.write(chunk, limits.spool_dir.as_deref()) {
-                    msg.spool_error = Some(e.to_string());
-                }
+            } else if !msg.truncated
+                && msg.spool_error.is_none()
+                && let Err(e) = spool.write(chunk, limits.spool_dir.as_deref())
+            {
+                msg.spool_error = Some(e.to_string());
             }
         }
         Reply::Continue
