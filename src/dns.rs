@@ -4,10 +4,15 @@
 
 use crate::config::DnsSettings;
 use mail_auth::MessageAuthenticator;
+use mail_auth::hickory_resolver::TokioResolver;
 use mail_auth::hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
 };
+use mail_auth::hickory_resolver::proto::rr::{Name, RecordType};
 use mail_auth::hickory_resolver::system_conf::read_system_conf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// Build the authenticator (resolver plus cache) the verifiers use.
 pub fn authenticator(settings: &DnsSettings) -> anyhow::Result<MessageAuthenticator> {
@@ -44,4 +49,51 @@ pub fn authenticator(settings: &DnsSettings) -> anyhow::Result<MessageAuthentica
     opts.ndots = 0;
     MessageAuthenticator::new(config, opts)
         .map_err(|e| anyhow::anyhow!("cannot build the DNS resolver: {e}"))
+}
+
+/// Whether the resolver itself answers. When a message's lookups time out,
+/// one background probe asks the resolver for the root zone's SOA (which
+/// any resolver answers at once, whatever the queried domains do); while it
+/// fails, verification answers temperror without waiting for lookups, and
+/// the probe repeats every second until the resolver is back (RELIABILITY
+/// N7). A domain with dead name servers cannot trip this: only the
+/// resolver's own silence does.
+#[derive(Default)]
+pub struct ResolverHealth {
+    down: AtomicBool,
+    probing: AtomicBool,
+}
+
+impl ResolverHealth {
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::SeqCst)
+    }
+
+    /// Start a probe unless one is running.
+    pub fn check(self: &Arc<Self>, resolver: TokioResolver, timeout: Duration) {
+        if self.probing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let health = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let answer =
+                    tokio::time::timeout(timeout, resolver.lookup(Name::root(), RecordType::SOA))
+                        .await;
+                if matches!(answer, Ok(Ok(_))) {
+                    if health.down.swap(false, Ordering::SeqCst) {
+                        tracing::info!("DNS resolver answers again; verification resumes");
+                    }
+                    break;
+                }
+                if !health.down.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(
+                        "DNS resolver unreachable: inbound mail gets temperror without lookups until it answers"
+                    );
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            health.probing.store(false, Ordering::SeqCst);
+        });
+    }
 }

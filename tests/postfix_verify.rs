@@ -185,3 +185,42 @@ fn dns_timeout_gives_451() {
     );
     assert!(out.text.starts_with("4.4.3 "), "{out:?}");
 }
+
+#[test]
+fn slow_dns_is_answered_before_postfix_gives_up() {
+    // Every DNS answer comes 25 s late (RELIABILITY §8 case 23); rmilter's
+    // time budget answers the SMTP client itself, well inside Postfix's
+    // milter timeout, which therefore never fires.
+    let dns = TestDns::start(Zone::new().txt("_dmarc.sender.example", "v=DMARC1; p=reject"));
+    dns.set_fault("", None, Fault::Delay(Duration::from_secs(25)));
+    let milter = TestMilter::start_toml(&format!(
+        "authserv_id = \"mx.example.org\"\n[verify]\ntime_budget = \"3s\"\nspf_time_limit = \"3s\"\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"5s\"\n",
+        dns.addr()
+    ));
+    let pf = Postfix::start(PostfixConfig {
+        extra_main_cf: vec![
+            ("relay_domains".into(), "example.org".into()),
+            ("milter_content_timeout".into(), "20s".into()),
+            ("milter_command_timeout".into(), "20s".into()),
+        ],
+        ..PostfixConfig::with_milters(&milter.postfix_spec())
+    });
+    let started = std::time::Instant::now();
+    let raw = common::message("ceo@sender.example", "slow dns", "x\r\n");
+    let out = pf.submit(&from_outside("203.0.113.66", "ceo@sender.example", &raw));
+    let took = started.elapsed();
+    assert_eq!(
+        (out.stage, out.code),
+        ("eom", 451),
+        "{out:?}\n{}",
+        pf.diag()
+    );
+    assert!(out.text.starts_with("4.4.3 "), "{out:?}");
+    assert!(took < Duration::from_secs(15), "answered after {took:?}");
+    let log = pf.log();
+    assert!(log.contains("milter-reject"), "{log}");
+    assert!(
+        !log.contains("timed out") && !log.contains("timeout"),
+        "Postfix saw a milter timeout:\n{log}"
+    );
+}

@@ -29,6 +29,8 @@ use std::sync::Arc;
 pub struct Verifier {
     authenticator: MessageAuthenticator,
     spf_dns: spf::HickoryDns,
+    health: Arc<crate::dns::ResolverHealth>,
+    dns_timeout: std::time::Duration,
 }
 
 impl Verifier {
@@ -38,7 +40,14 @@ impl Verifier {
         Ok(Verifier {
             authenticator,
             spf_dns,
+            health: Arc::default(),
+            dns_timeout: dns.timeout,
         })
+    }
+
+    /// True while the resolver does not answer at all.
+    pub fn resolver_down(&self) -> bool {
+        self.health.is_down()
     }
 
     pub fn authenticator(&self) -> &MessageAuthenticator {
@@ -120,33 +129,59 @@ impl Verifier {
     /// Verify one message within `settings.time_budget`; when the budget
     /// runs out, everything still open is a temperror.
     pub async fn verify(&self, settings: &VerifySettings, input: &Input<'_>) -> Verdict {
-        match tokio::time::timeout(settings.time_budget, self.verify_all(settings, input)).await {
-            Ok(verdict) => verdict,
-            Err(_) => {
-                let reason = "verification time budget exceeded".to_string();
-                Verdict {
-                    dkim: Vec::new(),
-                    dkim_skipped: 0,
-                    spf_helo: SpfOutcome::temperror(input.helo, &reason),
-                    spf_mail_from: SpfOutcome::temperror(&mail_from_domain(input), &reason),
-                    arc: ArcVerdict {
-                        status: "none",
-                        sealer: None,
-                    },
-                    dmarc: DmarcVerdict {
-                        status: DmarcStatus::TempError,
-                        domain: input.author.domain.clone(),
-                        policy: Policy::None,
-                        record: None,
-                        dkim_aligned: false,
-                        spf_aligned: false,
-                        reason,
-                    },
-                }
-            }
+        if self.health.is_down() {
+            return temperror_verdict(input, "DNS resolver unreachable");
         }
+        let verdict = match tokio::time::timeout(
+            settings.time_budget,
+            self.verify_all(settings, input),
+        )
+        .await
+        {
+            Ok(verdict) => verdict,
+            Err(_) => temperror_verdict(input, "verification time budget exceeded"),
+        };
+        if timed_out(&verdict) {
+            self.health
+                .check(self.authenticator.resolver().clone(), self.dns_timeout);
+        }
+        verdict
     }
+}
 
+/// Whether any lookup of a verdict ran into a timeout.
+fn timed_out(verdict: &Verdict) -> bool {
+    let t = |reason: &str| reason.contains("timed out") || reason.contains("time budget");
+    t(&verdict.spf_mail_from.reason)
+        || t(&verdict.spf_helo.reason)
+        || t(&verdict.dmarc.reason)
+        || verdict.dkim.iter().any(|d| t(&d.reason))
+}
+
+/// Every mechanism temperror: nothing could be evaluated.
+fn temperror_verdict(input: &Input<'_>, reason: &str) -> Verdict {
+    Verdict {
+        dkim: Vec::new(),
+        dkim_skipped: 0,
+        spf_helo: SpfOutcome::temperror(input.helo, reason),
+        spf_mail_from: SpfOutcome::temperror(&mail_from_domain(input), reason),
+        arc: ArcVerdict {
+            status: "none",
+            sealer: None,
+        },
+        dmarc: DmarcVerdict {
+            status: DmarcStatus::TempError,
+            domain: input.author.domain.clone(),
+            policy: Policy::None,
+            record: None,
+            dkim_aligned: false,
+            spf_aligned: false,
+            reason: reason.to_string(),
+        },
+    }
+}
+
+impl Verifier {
     async fn verify_all(&self, settings: &VerifySettings, input: &Input<'_>) -> Verdict {
         let limits = SpfLimits {
             dns_mechanisms: 10,

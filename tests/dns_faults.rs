@@ -1,0 +1,245 @@
+//! The DNS fault matrix (RELIABILITY §8 E cases 20–22): for each lookup a
+//! verdict depends on, every fault the test DNS server can inject, with
+//! the documented result. A DNS failure is never `dmarc=none` for a domain
+//! with a record, and never a 5xx. Then the resolver going away entirely
+//! and coming back.
+
+mod common;
+
+use common::dns::{Fault, RType, TestDns, Zone};
+use common::drive::{self, Envelope};
+use common::keys::TestKeys;
+use common::milter::TestMilter;
+use common::sign::{SignOptions, sign};
+use indymilter_test::Status;
+use rmilter::config::KeyAlgorithm;
+use std::time::{Duration, Instant};
+
+const CLIENT: &str = "198.51.100.7";
+
+fn zone(keys: &TestKeys) -> Zone {
+    // SPF passes only through the a: mechanism, so its A lookup matters.
+    let mut zone = Zone::new()
+        .a("sender.example", "192.0.2.1".parse().unwrap())
+        .txt("sender.example", "v=spf1 a:spfhost.sender.example -all")
+        .a("spfhost.sender.example", CLIENT.parse().unwrap())
+        .txt("_dmarc.sender.example", "v=DMARC1; p=reject")
+        .a("sub.sender.example", "192.0.2.1".parse().unwrap());
+    for (name, value) in keys.dns() {
+        zone = zone.txt(&name, &value);
+    }
+    zone
+}
+
+fn milter(dns: &TestDns, extra: &str) -> TestMilter {
+    TestMilter::start_toml(&format!(
+        "authserv_id = \"mx.example.org\"\n{extra}\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"500ms\"\nattempts = 1\ncache_size = 0\n",
+        dns.addr()
+    ))
+}
+
+struct Outcome {
+    reply: String,
+    results: String,
+}
+
+async fn run(
+    milter: &TestMilter,
+    keys: &TestKeys,
+    signed: bool,
+    from: &str,
+    mail_from: &str,
+) -> Outcome {
+    let raw = common::message(from, "faults", "body\r\n");
+    let raw = if signed {
+        sign(&keys.keys[0], &raw, &SignOptions::default())
+    } else {
+        raw
+    };
+    let env = Envelope {
+        client_addr: format!("{CLIENT}:40000").parse().unwrap(),
+        mail_from: format!("<{mail_from}>"),
+        ..Envelope::inbound()
+    };
+    let out = drive::drive(milter.inet_addr(), &env, &raw).await;
+    let reply = match &out.status {
+        Status::Reject { message: Some(m) } | Status::Tempfail { message: Some(m) } => {
+            m.to_string_lossy().into_owned()
+        }
+        Status::Continue => "accept".to_string(),
+        other => format!("{other:?}"),
+    };
+    let results = out
+        .inserted("Authentication-Results")
+        .first()
+        .map(|f| f.replace("\n\t", " "))
+        .unwrap_or_default();
+    Outcome { reply, results }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Lookup {
+    /// SPF record of the MAIL FROM domain (message unsigned: SPF decides).
+    SpfTxt,
+    /// The A lookup of SPF's a: mechanism.
+    SpfA,
+    /// The DKIM key (MAIL FROM elsewhere: DKIM decides).
+    DkimKey,
+    /// The author domain's _dmarc record.
+    Dmarc,
+    /// A tree-walk parent: author sub.sender.example, record at the parent.
+    TreeWalkParent,
+}
+
+impl Lookup {
+    fn fault_name(self) -> (&'static str, RType) {
+        match self {
+            Lookup::SpfTxt => ("sender.example", RType::TXT),
+            Lookup::SpfA => ("spfhost.sender.example", RType::A),
+            Lookup::DkimKey => ("ed._domainkey.sender.example", RType::TXT),
+            Lookup::Dmarc => ("_dmarc.sender.example", RType::TXT),
+            Lookup::TreeWalkParent => ("_dmarc.sender.example", RType::TXT),
+        }
+    }
+
+    /// (signed, From, MAIL FROM) so that this lookup decides the verdict.
+    fn message(self) -> (bool, &'static str, &'static str) {
+        match self {
+            Lookup::SpfTxt | Lookup::SpfA => (false, "a@sender.example", "a@sender.example"),
+            Lookup::DkimKey => (true, "a@sender.example", "x@elsewhere.example"),
+            Lookup::Dmarc => (true, "a@sender.example", "a@sender.example"),
+            Lookup::TreeWalkParent => (true, "a@sub.sender.example", "a@sender.example"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_matrix() {
+    let keys = TestKeys::new(&[("sender.example", "ed", KeyAlgorithm::Ed25519)]);
+    let dns = TestDns::start(zone(&keys));
+    let milter = milter(&dns, "");
+    // Without faults every case passes DMARC.
+    for lookup in [
+        Lookup::SpfTxt,
+        Lookup::DkimKey,
+        Lookup::Dmarc,
+        Lookup::TreeWalkParent,
+    ] {
+        let (signed, from, mail_from) = lookup.message();
+        let o = run(&milter, &keys, signed, from, mail_from).await;
+        assert_eq!(
+            o.reply, "accept",
+            "{lookup:?} without faults: {}",
+            o.results
+        );
+        assert!(
+            o.results.contains("dmarc=pass"),
+            "{lookup:?}: {}",
+            o.results
+        );
+    }
+    let temp = "451 4.4.3 ";
+    // (lookup, fault, expected reply prefix, token expected in the results field)
+    let table: Vec<(Lookup, Fault, &str, &str)> = vec![
+        (Lookup::SpfTxt, Fault::Timeout, temp, ""),
+        (Lookup::SpfTxt, Fault::ServFail, temp, ""),
+        (Lookup::SpfTxt, Fault::Refused, temp, ""),
+        (Lookup::SpfTxt, Fault::Truncated, temp, ""),
+        // An oversized RRset arrives over TCP: the record is found.
+        (Lookup::SpfTxt, Fault::Oversized, "accept", "spf=pass"),
+        // A CNAME loop is "no record" (N6): SPF none, no aligned pass.
+        (Lookup::SpfTxt, Fault::CnameLoop, "550 5.7.1 ", "spf=none"),
+        (Lookup::SpfA, Fault::Timeout, temp, ""),
+        (Lookup::SpfA, Fault::ServFail, temp, ""),
+        (Lookup::SpfA, Fault::Refused, temp, ""),
+        (Lookup::SpfA, Fault::Truncated, temp, ""),
+        (Lookup::DkimKey, Fault::Timeout, temp, ""),
+        (Lookup::DkimKey, Fault::ServFail, temp, ""),
+        (Lookup::DkimKey, Fault::Refused, temp, ""),
+        (Lookup::DkimKey, Fault::Truncated, temp, ""),
+        (Lookup::DkimKey, Fault::Oversized, "accept", "dkim=pass"),
+        (Lookup::Dmarc, Fault::Timeout, temp, ""),
+        (Lookup::Dmarc, Fault::ServFail, temp, ""),
+        (Lookup::Dmarc, Fault::Refused, temp, ""),
+        (Lookup::Dmarc, Fault::Truncated, temp, ""),
+        (Lookup::Dmarc, Fault::Oversized, "accept", "dmarc=pass"),
+        (Lookup::TreeWalkParent, Fault::Timeout, temp, ""),
+        (Lookup::TreeWalkParent, Fault::ServFail, temp, ""),
+        (Lookup::TreeWalkParent, Fault::Refused, temp, ""),
+    ];
+    let mut failures = Vec::new();
+    for (lookup, fault, reply, token) in &table {
+        dns.clear_faults();
+        let (name, rtype) = lookup.fault_name();
+        dns.set_fault_exact(name, Some(rtype), fault.clone());
+        let (signed, from, mail_from) = lookup.message();
+        let started = Instant::now();
+        let o = run(&milter, &keys, signed, from, mail_from).await;
+        let took = started.elapsed();
+        let ok = o.reply.starts_with(reply) && o.results.contains(token);
+        // Never a 5xx on a DNS failure that leaves the verdict open.
+        let wrong_reject = *reply == temp && o.reply.starts_with('5');
+        if !ok || wrong_reject {
+            failures.push(format!(
+                "{lookup:?} {fault:?}: got {:?} after {took:?}; results {}",
+                o.reply, o.results
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resolver_down_then_back() {
+    let keys = TestKeys::new(&[("sender.example", "ed", KeyAlgorithm::Ed25519)]);
+    let dns = TestDns::start(zone(&keys));
+    let addr = dns.addr();
+    // Outbound signing and inbound verification in one milter.
+    let milter = TestMilter::start_toml(&format!(
+        "authserv_id = \"mx.example.org\"\n[verify]\ntime_budget = \"10s\"\nspf_time_limit = \"5s\"\n[dns]\nnameservers = [\"{addr}\"]\ntimeout = \"500ms\"\nattempts = 1\ncache_size = 0\n{}",
+        keys.toml()
+    ));
+    drop(dns);
+    // The first message waits for its lookups to time out.
+    let o = run(&milter, &keys, true, "a@sender.example", "a@sender.example").await;
+    assert!(o.reply.starts_with("451 4.4.3 "), "{}", o.reply);
+    // The probe finds the resolver silent: later messages are answered at
+    // once, each with the configured temperror action.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !milter.state.runtime().verifier.resolver_down() {
+        assert!(Instant::now() < deadline, "resolver never marked down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        let started = Instant::now();
+        let o = run(&milter, &keys, true, "a@sender.example", "a@sender.example").await;
+        assert!(o.reply.starts_with("451 4.4.3 "), "{}", o.reply);
+        assert!(
+            o.results.is_empty() || o.results.contains("resolver unreachable"),
+            "{}",
+            o.results
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "waited {:?} with the resolver down",
+            started.elapsed()
+        );
+    }
+    // Signing needs no DNS.
+    let out = drive::drive(
+        milter.inet_addr(),
+        &Envelope::authenticated("alice"),
+        &common::message("alice@sender.example", "outbound", "x\r\n"),
+    )
+    .await;
+    assert_eq!(out.inserted("DKIM-Signature").len(), 1);
+    // The resolver comes back: verification resumes by itself.
+    let _dns = TestDns::start_on(addr, zone(&keys));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while milter.state.runtime().verifier.resolver_down() {
+        assert!(Instant::now() < deadline, "resolver never marked back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let o = run(&milter, &keys, true, "a@sender.example", "a@sender.example").await;
+    assert_eq!(o.reply, "accept", "{}", o.results);
+}
