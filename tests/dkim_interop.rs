@@ -108,6 +108,8 @@ async fn rsa_only_and_ed25519_only_keys() {
 async fn oversigned_fields_cannot_be_added_after_signing() {
     let keys = TestKeys::example_com();
     let milter = TestMilter::start_toml(&keys.toml());
+    let opendkim = common::opendkim::OpenDkim::verify(&keys.dns());
+    let opendkim_addr: std::net::SocketAddr = ([127, 0, 0, 1], opendkim.port()).into();
     let signed = sign(
         &milter,
         &common::message(
@@ -135,6 +137,15 @@ async fn oversigned_fields_cannot_be_added_after_signing() {
         // Added above the existing fields, where mail readers look first.
         let tampered = [added.as_bytes().to_vec(), signed.clone()].concat();
         let results = dkimpy::verify(&tampered, &keys.dns());
+        // OpenDKIM agrees.
+        let out = drive::drive(opendkim_addr, &Envelope::inbound(), &tampered).await;
+        let verdicts =
+            common::opendkim::dkim_results(&header_values(&out.message, "Authentication-Results"));
+        assert_eq!(verdicts.len(), 2, "{added:?}");
+        assert!(
+            verdicts.iter().all(|v| v != "pass"),
+            "OpenDKIM passes after adding {added:?}: {verdicts:?}"
+        );
         assert_eq!(results.len(), 2);
         for r in &results {
             assert!(
@@ -142,6 +153,118 @@ async fn oversigned_fields_cannot_be_added_after_signing() {
                 "signature {} still verifies after adding {added:?}",
                 r.a
             );
+        }
+    }
+}
+
+/// The values of every `name` field of a CRLF message, unfolded.
+fn header_values(message: &[u8], name: &str) -> Vec<String> {
+    let (fields, _) = drive::split_message(message);
+    fields
+        .into_iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| {
+            String::from_utf8_lossy(&v)
+                .replace(['\n', '\t'], " ")
+                .trim()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn opendkim_verifies_every_shape_in_every_canonicalization() {
+    use common::opendkim::{OpenDkim, dkim_results};
+    let keys = TestKeys::example_com();
+    let opendkim = OpenDkim::verify(&keys.dns());
+    let verifier: std::net::SocketAddr = ([127, 0, 0, 1], opendkim.port()).into();
+    for canon in [
+        "relaxed/relaxed",
+        "relaxed/simple",
+        "simple/relaxed",
+        "simple/simple",
+    ] {
+        let milter = TestMilter::start_toml(&format!(
+            "[signing]\ncanonicalization = \"{canon}\"\n{}",
+            keys.toml()
+        ));
+        // SMTP ends every body with CRLF, so OpenDKIM (which gives no result
+        // for a body without one) never sees that shape behind Postfix.
+        for (label, raw) in shapes().into_iter().filter(|(l, _)| *l != "no final CRLF") {
+            let signed = sign(&milter, &raw).await;
+            let out = drive::drive(verifier, &Envelope::inbound(), &signed).await;
+            let results = dkim_results(&header_values(&out.message, "Authentication-Results"));
+            assert_eq!(
+                results,
+                ["pass", "pass"],
+                "OpenDKIM on {canon}, {label}: {:?}\n{}",
+                header_values(&out.message, "Authentication-Results"),
+                opendkim.output()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mail_signed_by_dkimpy_verifies_in_rmilter() {
+    use common::dns::{TestDns, Zone};
+    let data = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/keys");
+    let rsa_record = std::fs::read_to_string(data.join("2048_testkey_wo_markers.pub.txt")).unwrap();
+    let ed_record = std::fs::read_to_string(data.join("ed25519test.dns")).unwrap();
+    let dns = TestDns::start(
+        Zone::new()
+            .txt("py._domainkey.sender.example", rsa_record.trim())
+            .txt(
+                "pyed._domainkey.sender.example",
+                &format!("v=DKIM1; {}", ed_record.trim()),
+            )
+            .txt("_dmarc.sender.example", "v=DMARC1; p=reject"),
+    );
+    let milter = TestMilter::start_toml(&format!(
+        "authserv_id = \"mx.example.org\"\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\n",
+        dns.addr()
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    for (selector, key, algorithm) in [
+        ("py", "2048_testkey.key", "rsa-sha256"),
+        ("pyed", "ed25519test.key", "ed25519-sha256"),
+    ] {
+        for canon in ["relaxed/relaxed", "simple/simple"] {
+            for (label, raw) in shapes() {
+                let raw = String::from_utf8_lossy(&raw)
+                    .replace("alice@example.com", "alice@sender.example");
+                let path = dir.path().join("message.eml");
+                std::fs::write(&path, raw.as_bytes()).unwrap();
+                let out = std::process::Command::new(dkimpy::PYTHON)
+                    .arg(
+                        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                            .join("tests/tools/dkimsign.py"),
+                    )
+                    .args([
+                        path.to_str().unwrap(),
+                        selector,
+                        "sender.example",
+                        data.join(key).to_str().unwrap(),
+                        algorithm,
+                        canon,
+                    ])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "dkimpy: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let verdict =
+                    drive::drive(milter.inet_addr(), &Envelope::inbound(), &out.stdout).await;
+                let ar = verdict.inserted("Authentication-Results")[0].replace("\n\t", " ");
+                assert!(
+                    ar.contains(&format!(
+                        "dkim=pass header.d=sender.example header.s={selector}"
+                    )) && ar.contains("dmarc=pass"),
+                    "{algorithm} {canon} {label}: {ar}"
+                );
+            }
         }
     }
 }
