@@ -92,6 +92,15 @@ fn b_prefix(b: &[u8]) -> String {
     s
 }
 
+/// The value of tag `name` in a raw tag-list (RFC 6376 §3.2), for
+/// reporting which domain a malformed signature named.
+fn raw_tag(value: &[u8], name: &str) -> Option<String> {
+    String::from_utf8_lossy(value).split(';').find_map(|t| {
+        let (k, v) = t.split_once('=')?;
+        (k.trim() == name).then(|| v.split_whitespace().collect::<String>())
+    })
+}
+
 /// A `d=` domain or `s=` selector: LDH labels (plus `_` as selectors in
 /// the wild use it), no NUL, quote, parenthesis or other character a later
 /// reader could split on (RFC 6376 §3.5).
@@ -121,13 +130,31 @@ pub fn prefilter(message: &mut AuthenticatedMessage<'_>, author: &str, max: usiz
         .errors()
         .iter()
         .filter(|e| e.name.eq_ignore_ascii_case(b"dkim-signature"))
-        .map(|e| DkimVerdict {
-            domain: String::new(),
-            selector: String::new(),
-            algorithm: String::new(),
-            b: String::new(),
-            status: DkimStatus::PermError,
-            reason: format!("malformed signature: {}", e.header),
+        .map(|e| {
+            let tag = |name: &str| {
+                raw_tag(e.value, name)
+                    .filter(|v| is_dns_token(v))
+                    .unwrap_or_default()
+            };
+            let (status, reason) = match &e.header {
+                // K1: mail-auth's strict parser refuses l= outright.
+                mail_auth::Error::Dkim(DkimError::BodyLengthTag) => (
+                    DkimStatus::Policy,
+                    "l= body length limit is not accepted".to_string(),
+                ),
+                other => (
+                    DkimStatus::PermError,
+                    format!("malformed signature: {other}"),
+                ),
+            };
+            DkimVerdict {
+                domain: tag("d").to_ascii_lowercase(),
+                selector: tag("s"),
+                algorithm: String::new(),
+                b: String::new(),
+                status,
+                reason,
+            }
         })
         .collect();
 
