@@ -243,3 +243,98 @@ async fn resolver_down_then_back() {
     let o = run(&milter, &keys, true, "a@sender.example", "a@sender.example").await;
     assert_eq!(o.reply, "accept", "{}", o.results);
 }
+
+/// RELIABILITY §8 case 17: an SPF tree built for the most lookups (10
+/// includes, each an MX with 10 names and an exists: macro) ends in
+/// permerror, and the queries one message causes stay under the bound
+/// the evaluator documents; a tree that answers slowly ends in temperror
+/// inside the SPF time limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn spf_query_budget() {
+    let mut zone = Zone::new().txt("_dmarc.amplify.example", "v=DMARC1; p=reject");
+    let includes: String = (0..11)
+        .map(|i| format!(" include:i{i}.amplify.example"))
+        .collect();
+    zone = zone.txt("amplify.example", &format!("v=spf1{includes} -all"));
+    for i in 0..11 {
+        zone = zone.txt(
+            &format!("i{i}.amplify.example"),
+            &format!(
+                "v=spf1 mx:m{i}.amplify.example exists:%{{l}}.%{{i}}.x{i}.amplify.example -all"
+            ),
+        );
+        for j in 0..10 {
+            zone = zone.mx(
+                &format!("m{i}.amplify.example"),
+                10,
+                &format!("h{j}.m{i}.amplify.example"),
+            );
+        }
+    }
+    let dns = TestDns::start(zone);
+    let milter = milter(&dns, "");
+    dns.clear_log();
+    let env = Envelope {
+        client_addr: "203.0.113.5:40000".parse().unwrap(),
+        mail_from: "<victim@amplify.example>".into(),
+        ..Envelope::inbound()
+    };
+    let out = drive::drive(
+        milter.inet_addr(),
+        &env,
+        &common::message("a@amplify.example", "amp", "x\r\n"),
+    )
+    .await;
+    let ar = out.inserted("Authentication-Results")[0].replace("\n\t", " ");
+    assert!(
+        ar.contains("spf=permerror") && ar.contains("smtp.mailfrom=amplify.example"),
+        "{ar}"
+    );
+    let bound = rmilter::verify::spf::SpfLimits::default().max_dns_queries();
+    let mut names: Vec<(String, RType)> = dns
+        .query_log()
+        .into_iter()
+        .filter(|(n, _, _)| n.ends_with("amplify.example") && !n.starts_with("_dmarc"))
+        .map(|(n, t, _)| (n, t))
+        .collect();
+    names.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then(format!("{:?}", a.1).cmp(&format!("{:?}", b.1)))
+    });
+    names.dedup();
+    assert!(
+        names.len() as u64 <= bound,
+        "{} distinct SPF queries, bound {bound}",
+        names.len()
+    );
+    assert!(names.len() > 20, "the tree was not walked: {names:?}");
+
+    // Every answer 2 s late, SPF time limit 3 s: temperror in time.
+    dns.set_fault(
+        "amplify.example",
+        None,
+        Fault::Delay(Duration::from_secs(2)),
+    );
+    let slow = TestMilter::start_toml(&format!(
+        "[verify]\nspf_time_limit = \"3s\"\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"5s\"\nattempts = 1\ncache_size = 0\n",
+        dns.addr()
+    ));
+    let started = Instant::now();
+    let out = drive::drive(
+        slow.inet_addr(),
+        &env,
+        &common::message("a@amplify.example", "amp", "x\r\n"),
+    )
+    .await;
+    let ar = out
+        .inserted("Authentication-Results")
+        .first()
+        .map(|f| f.replace("\n\t", " "))
+        .unwrap_or_default();
+    assert!(ar.contains("spf=temperror"), "{ar} {:?}", out.status);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}

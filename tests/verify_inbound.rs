@@ -755,3 +755,130 @@ async fn aligned_spf_alone_passes_dmarc_and_helo_never_counts() {
     assert_eq!(out.status, Status::Continue, "{}", reply(&out));
     assert!(results(&out).contains("dmarc=pass"), "{}", results(&out));
 }
+
+/// RELIABILITY §8 case 19: DMARC record variants, each for an unsigned
+/// forgery from an unauthorized client (so no aligned pass), with the
+/// RFC 9989 outcome.
+#[tokio::test(flavor = "multi_thread")]
+async fn dmarc_record_corpus() {
+    // (record strings, expected dmarc= result, expected action)
+    let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+        (vec!["v=DMARC1; p=reject"], "fail", "reject"),
+        (vec!["v=DMARC1;p=reject;"], "fail", "reject"),
+        (
+            vec!["v=DMARC1; p=reject; unknown=tag; rua=mailto:a@x.example"],
+            "fail",
+            "reject",
+        ),
+        // §4.10 step 2: two records at one name: none applies.
+        (
+            vec!["v=DMARC1; p=reject", "v=DMARC1; p=none"],
+            "none",
+            "accept",
+        ),
+        // v= must come first.
+        (vec!["p=reject; v=DMARC1"], "none", "accept"),
+        // §4.10.1: no valid p, a valid rua: p=none.
+        (
+            vec!["v=DMARC1; rua=mailto:dmarc@pol.example"],
+            "fail",
+            "accept",
+        ),
+        // No p and no rua: no DMARC.
+        (vec!["v=DMARC1; sp=reject"], "none", "accept"),
+        (vec!["v=DMARC1; p=quarantine; pct=0"], "fail", "quarantine"),
+        (vec!["v=DMARC1; p=reject; pct=150"], "fail", "reject"),
+        (vec!["v=DMARC1; p=reject; t=y"], "fail", "quarantine"),
+        // Split into strings: joined.
+        (vec!["v=DMARC1; p=re\" \"ject"], "fail", "reject"),
+        (vec!["v=spf1 -all"], "none", "accept"),
+    ];
+    let mut failures = Vec::new();
+    for (records, result, action) in cases {
+        let mut zone = Zone::new().txt("pol.example", "v=spf1 -all");
+        for r in &records {
+            zone = if r.contains("\" \"") {
+                let parts: Vec<&str> = r.split("\" \"").collect();
+                zone.txt_strings("_dmarc.pol.example", &parts)
+            } else {
+                zone.txt("_dmarc.pol.example", r)
+            };
+        }
+        let dns = TestDns::start(zone);
+        let milter = TestMilter::start_toml(&format!(
+            "authserv_id = \"{AUTHSERV}\"\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\n",
+            dns.addr()
+        ));
+        let out = drive::drive(
+            milter.inet_addr(),
+            &envelope("x@elsewhere.example"),
+            &common::message("a@pol.example", "s", "b\r\n"),
+        )
+        .await;
+        let got_action = match &out.status {
+            Status::Reject { .. } => "reject",
+            Status::Tempfail { .. } => "tempfail",
+            Status::Continue if quarantined(&out) => "quarantine",
+            Status::Continue => "accept",
+            _ => "other",
+        };
+        let ar = out
+            .inserted("Authentication-Results")
+            .first()
+            .map(|f| f.replace("\n\t", " "))
+            .unwrap_or_default();
+        let got_result = ar
+            .split(" dmarc=")
+            .nth(1)
+            .and_then(|r| r.split([' ', ';']).next())
+            .unwrap_or("")
+            .to_string();
+        if got_action != action || (!ar.is_empty() && got_result != result) {
+            failures.push(format!(
+                "{records:?}: got {got_result}/{got_action}, expected {result}/{action}: {ar}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// RELIABILITY §8 case 6: an internationalized author domain is looked up
+/// as its A-label; case and a trailing dot do not change alignment.
+#[tokio::test(flavor = "multi_thread")]
+async fn idn_and_normalisation() {
+    let dns = TestDns::start(
+        Zone::new()
+            .txt("xn--bcher-kva.example", "v=spf1 ip4:198.51.100.7 -all")
+            .txt("_dmarc.xn--bcher-kva.example", "v=DMARC1; p=reject"),
+    );
+    let milter = TestMilter::start_toml(&format!(
+        "authserv_id = \"{AUTHSERV}\"\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\ncache_size = 0\n",
+        dns.addr()
+    ));
+    for from in [
+        "info@bücher.example",
+        "info@BÜCHER.example",
+        "INFO@XN--BCHER-KVA.EXAMPLE.",
+    ] {
+        dns.clear_log();
+        let raw = common::message(from, "idn", "b\r\n");
+        let out = drive::drive(
+            milter.inet_addr(),
+            &envelope("info@xn--bcher-kva.example"),
+            &raw,
+        )
+        .await;
+        assert_eq!(out.status, Status::Continue, "{from}: {}", reply(&out));
+        let ar = results(&out);
+        assert!(
+            ar.contains("dmarc=pass") && ar.contains("header.from=xn--bcher-kva.example"),
+            "{from}: {ar}"
+        );
+        let queried: Vec<String> = dns.query_log().into_iter().map(|(n, _, _)| n).collect();
+        assert!(
+            queried.contains(&"_dmarc.xn--bcher-kva.example".to_string()),
+            "{queried:?}"
+        );
+        assert!(queried.iter().all(|n| n.is_ascii()), "{queried:?}");
+    }
+}

@@ -87,12 +87,8 @@ pub(super) async fn finish(
     let verifier = &msg.runtime.verifier;
     let verdict = verifier.verify(&config.verify, &input).await;
     drop(contents);
-    let record = if verdict.dmarc.record.is_some() {
-        verifier.policy_record(&author.domain).await
-    } else {
-        None
-    };
-    let pct = record.as_ref().and_then(|(_, pct)| *pct);
+    let record = verdict.dmarc.policy_record.clone();
+    let pct = record.as_ref().and_then(|r| r.pct);
     let decision = decision::decide(
         &verdict,
         &config.policy,
@@ -120,11 +116,11 @@ pub(super) async fn finish(
         Action::Tempfail => Reply::Tempfail { code, xcode, text },
     };
     if decision.action != Action::Tempfail
-        && let Some((policy_domain, _)) = &record
+        && let Some(found) = &record
     {
         state
             .sink()
-            .record(evaluation(&msg, ip, &verdict, &decision, policy_domain));
+            .record(evaluation(&msg, ip, &verdict, &decision, &found.domain));
     }
     log_decision(&msg, client, &verdict, &decision);
     plan

@@ -266,6 +266,7 @@ mod tests {
                 dkim_aligned: false,
                 spf_aligned: false,
                 reason: String::new(),
+                policy_record: None,
             },
         }
     }

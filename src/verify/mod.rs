@@ -103,6 +103,8 @@ pub struct DmarcVerdict {
     pub dkim_aligned: bool,
     pub spf_aligned: bool,
     pub reason: String,
+    /// Where the applied record was found, and its legacy `pct=`.
+    pub policy_record: Option<PolicyRecord>,
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +179,7 @@ fn temperror_verdict(input: &Input<'_>, reason: &str) -> Verdict {
             dkim_aligned: false,
             spf_aligned: false,
             reason: reason.to_string(),
+            policy_record: None,
         },
     }
 }
@@ -214,6 +217,7 @@ impl Verifier {
             dkim_aligned: false,
             spf_aligned: false,
             reason: String::new(),
+            policy_record: None,
         };
         let Some(mut message) = AuthenticatedMessage::parse(input.message) else {
             dmarc.reason = "message could not be parsed".to_string();
@@ -359,6 +363,21 @@ impl Verifier {
         };
         dmarc.status = status;
         dmarc.reason = reason;
+        if dmarc.record.is_some() {
+            dmarc.policy_record = self.policy_record(author).await;
+            // RFC 9989 §4.10 step 2: several records at one name count as
+            // none (mail-auth would apply the first).
+            if let Some(found) = dmarc.policy_record.as_ref().filter(|r| r.count > 1) {
+                dmarc.reason = format!(
+                    "{} DMARC records at _dmarc.{}; none applies",
+                    found.count, found.domain
+                );
+                dmarc.status = DmarcStatus::None;
+                dmarc.record = None;
+                dmarc.policy = Policy::None;
+                dmarc.policy_record = None;
+            }
+        }
         // A message too large to verify whose author-aligned signature
         // could have passed: no verdict either way (never a size bypass,
         // never a reject of mail that might be genuine).
@@ -382,36 +401,63 @@ impl Verifier {
     }
 }
 
+/// The DMARC record rmilter found where mail-auth's evaluation found one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRecord {
+    /// The name (without `_dmarc.`) holding the record.
+    pub domain: String,
+    /// Legacy `pct=` (RFC 7489), clamped to 0..=100.
+    pub pct: Option<u8>,
+    /// How many DMARC records that name holds.
+    pub count: usize,
+}
+
 impl Verifier {
-    /// Where the applied DMARC record was found and its legacy `pct=`:
-    /// the author domain's own record, else the first record up the RFC
-    /// 9989 §4.10 tree-walk names (the lookups are answered from the
-    /// resolver cache, DMARC evaluation having just made them).
-    pub async fn policy_record(&self, author: &str) -> Option<(String, Option<u8>)> {
+    /// Where the applied DMARC record was found: the author domain's own
+    /// record, else the first record up the RFC 9989 §4.10 tree-walk names
+    /// (answered from the resolver cache, DMARC evaluation having just made
+    /// these lookups).
+    pub async fn policy_record(&self, author: &str) -> Option<PolicyRecord> {
         let labels: Vec<&str> = author.split('.').filter(|l| !l.is_empty()).collect();
         let total = labels.len();
         if total < 2 {
             return None;
         }
+        let resolver = self.authenticator.resolver();
         let mut count = total;
         loop {
             let name = labels[total - count..].join(".");
-            if let Ok(raw) = self
-                .authenticator
-                .txt_raw_lookup(format!("_dmarc.{name}."))
-                .await
-            {
-                let text = String::from_utf8_lossy(&raw);
-                let mut tags = text.split(';').map(str::trim);
-                if tags
-                    .next()
-                    .is_some_and(|v| v.eq_ignore_ascii_case("v=DMARC1"))
-                {
-                    let pct = tags
+            if let Ok(lookup) = resolver.txt_lookup(format!("_dmarc.{name}.")).await {
+                let records: Vec<String> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        mail_auth::hickory_resolver::proto::rr::RData::TXT(txt) => Some(
+                            txt.txt_data
+                                .iter()
+                                .map(|s| String::from_utf8_lossy(s).into_owned())
+                                .collect::<String>(),
+                        ),
+                        _ => None,
+                    })
+                    .filter(|text| {
+                        text.split(';')
+                            .next()
+                            .is_some_and(|v| v.trim().eq_ignore_ascii_case("v=DMARC1"))
+                    })
+                    .collect();
+                if let Some(first) = records.first() {
+                    let pct = first
+                        .split(';')
+                        .map(str::trim)
                         .find_map(|t| t.strip_prefix("pct="))
                         .and_then(|p| p.trim().parse::<u8>().ok())
                         .map(|p| p.min(100));
-                    return Some((name, pct));
+                    return Some(PolicyRecord {
+                        domain: name,
+                        pct,
+                        count: records.len(),
+                    });
                 }
             }
             if count == 1 {
