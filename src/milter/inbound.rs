@@ -14,7 +14,7 @@ use crate::verify::{DmarcStatus, Input, Verdict};
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
-use tracing::{info, warn};
+use tracing::info;
 
 pub(super) async fn finish(
     state: &Arc<MilterState>,
@@ -293,36 +293,18 @@ fn log_decision(msg: &Message, client: &Client, verdict: &Verdict, decision: &De
         (false, true) => "spf",
         (false, false) => "none",
     };
-    let line = |level_warn: bool| {
-        if level_warn {
-            warn!(
-                queue_id = %msg.queue_id,
-                client = %super::session::client_text(client),
-                from_domain = %verdict.dmarc.domain,
-                spf_mailfrom = %format!("{}={}", verdict.spf_mail_from.domain, verdict.spf_mail_from.result.as_str()),
-                spf_helo = %verdict.spf_helo.result.as_str(),
-                dkim = %dkim,
-                arc = verdict.arc.status,
-                aligned,
-                branch = %decision.branch,
-                action = decision.action.as_str(),
-                "inbound message decided"
-            );
-        } else {
-            info!(
-                queue_id = %msg.queue_id,
-                client = %super::session::client_text(client),
-                from_domain = %verdict.dmarc.domain,
-                spf_mailfrom = %format!("{}={}", verdict.spf_mail_from.domain, verdict.spf_mail_from.result.as_str()),
-                spf_helo = %verdict.spf_helo.result.as_str(),
-                dkim = %dkim,
-                arc = verdict.arc.status,
-                aligned,
-                branch = %decision.branch,
-                action = decision.action.as_str(),
-                "inbound message decided"
-            );
-        }
-    };
-    line(decision.action != Action::Accept);
+    // One line per message at info: the action field says what happened.
+    info!(
+        queue_id = %msg.queue_id,
+        client = %super::session::client_text(client),
+        from_domain = %verdict.dmarc.domain,
+        spf_mailfrom = %format!("{}={}", verdict.spf_mail_from.domain, verdict.spf_mail_from.result.as_str()),
+        spf_helo = %verdict.spf_helo.result.as_str(),
+        dkim = %dkim,
+        arc = verdict.arc.status,
+        aligned,
+        branch = %decision.branch,
+        action = decision.action.as_str(),
+        "inbound message decided"
+    );
 }

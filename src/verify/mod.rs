@@ -299,70 +299,8 @@ impl Verifier {
             }
         };
 
-        // RFC 9989 §4.4.2: the SPF identity aligned against From is the
-        // MAIL FROM domain (HELO for the null sender), exactly the domain
-        // SPF evaluated; the HELO result is never a DMARC input (F10).
-        let spf_input =
-            SpfOutput::new(spf_mail_from.domain.clone()).with_result(match spf_mail_from.result {
-                SpfResult::Pass => mail_auth::SpfResult::Pass,
-                SpfResult::Fail => mail_auth::SpfResult::Fail,
-                SpfResult::SoftFail => mail_auth::SpfResult::SoftFail,
-                SpfResult::Neutral => mail_auth::SpfResult::Neutral,
-                SpfResult::TempError => mail_auth::SpfResult::TempError,
-                SpfResult::PermError => mail_auth::SpfResult::PermError,
-                SpfResult::None => mail_auth::SpfResult::None,
-            });
-        // DMARC sees the author exactly as the From gate read it: a message
-        // holding only that From (mail-auth's DMARC reads nothing else of
-        // the message). Its own From parser never gets a say, so a value
-        // two parsers read differently cannot split the verdict.
-        let author_view = format!("From: <postmaster@{author}>\r\n\r\n");
-        let Some(author_message) = AuthenticatedMessage::parse(author_view.as_bytes()) else {
-            dmarc.reason = "author domain could not be evaluated".to_string();
-            return Verdict {
-                dkim: verdicts,
-                dkim_skipped: pre.skipped,
-                spf_helo,
-                spf_mail_from,
-                arc,
-                dmarc,
-            };
-        };
-        let out = self
-            .authenticator
-            .verify_dmarc(DmarcParameters::new(
-                &author_message,
-                &eligible,
-                &spf_mail_from.domain,
-                &spf_input,
-            ))
-            .await;
-        if out.domain() != author {
-            dmarc.reason = format!("DMARC evaluated {:?} instead of {author}", out.domain());
-            return Verdict {
-                dkim: verdicts,
-                dkim_skipped: pre.skipped,
-                spf_helo,
-                spf_mail_from,
-                arc,
-                dmarc,
-            };
-        }
-        dmarc.dkim_aligned = *out.dkim_result() == DmarcResult::Pass;
-        dmarc.spf_aligned = *out.spf_result() == DmarcResult::Pass;
-        dmarc.policy = out.policy();
-        dmarc.record = out.record().cloned();
-        let (status, reason) = match out.result() {
-            DmarcResult::Pass => (DmarcStatus::Pass, String::new()),
-            DmarcResult::Fail(_) => (DmarcStatus::Fail, "no aligned pass".to_string()),
-            // RFC 9989 §5.3.6: a temporary failure of an aligned mechanism
-            // with no aligned pass, or of the policy lookup: no verdict.
-            DmarcResult::TempError(e) => (DmarcStatus::TempError, e.to_string()),
-            DmarcResult::PermError(e) => (DmarcStatus::PermError, e.to_string()),
-            DmarcResult::None => (DmarcStatus::None, "no DMARC record".to_string()),
-        };
-        dmarc.status = status;
-        dmarc.reason = reason;
+        let mut dmarc = self.dmarc(author, &eligible, &spf_mail_from, dmarc).await;
+        let status = dmarc.status;
         if dmarc.record.is_some() {
             dmarc.policy_record = self.policy_record(author).await;
             // RFC 9989 §4.10 step 2: several records at one name count as
@@ -413,6 +351,67 @@ pub struct PolicyRecord {
 }
 
 impl Verifier {
+    /// DMARC for exactly `author`, with the eligible DKIM outputs and the
+    /// MAIL FROM SPF outcome.
+    async fn dmarc(
+        &self,
+        author: &str,
+        eligible: &[mail_auth::DkimOutput<'_>],
+        spf: &SpfOutcome,
+        mut dmarc: DmarcVerdict,
+    ) -> DmarcVerdict {
+        // RFC 9989 §4.4.2: the SPF identity aligned against From is the
+        // MAIL FROM domain (HELO for the null sender), exactly the domain
+        // SPF evaluated; the HELO result is never a DMARC input (F10).
+        let spf_input = SpfOutput::new(spf.domain.clone()).with_result(match spf.result {
+            SpfResult::Pass => mail_auth::SpfResult::Pass,
+            SpfResult::Fail => mail_auth::SpfResult::Fail,
+            SpfResult::SoftFail => mail_auth::SpfResult::SoftFail,
+            SpfResult::Neutral => mail_auth::SpfResult::Neutral,
+            SpfResult::TempError => mail_auth::SpfResult::TempError,
+            SpfResult::PermError => mail_auth::SpfResult::PermError,
+            SpfResult::None => mail_auth::SpfResult::None,
+        });
+        // DMARC sees the author exactly as the From gate read it: a message
+        // holding only that From (mail-auth's DMARC reads nothing else of
+        // the message). Its own From parser never gets a say, so a value
+        // two parsers read differently cannot split the verdict.
+        let author_view = format!("From: <postmaster@{author}>\r\n\r\n");
+        let Some(author_message) = AuthenticatedMessage::parse(author_view.as_bytes()) else {
+            dmarc.reason = "author domain could not be evaluated".to_string();
+            return dmarc;
+        };
+        let out = self
+            .authenticator
+            .verify_dmarc(DmarcParameters::new(
+                &author_message,
+                eligible,
+                &spf.domain,
+                &spf_input,
+            ))
+            .await;
+        if out.domain() != author {
+            dmarc.reason = format!("DMARC evaluated {:?} instead of {author}", out.domain());
+            return dmarc;
+        }
+        dmarc.dkim_aligned = *out.dkim_result() == DmarcResult::Pass;
+        dmarc.spf_aligned = *out.spf_result() == DmarcResult::Pass;
+        dmarc.policy = out.policy();
+        dmarc.record = out.record().cloned();
+        let (status, reason) = match out.result() {
+            DmarcResult::Pass => (DmarcStatus::Pass, String::new()),
+            DmarcResult::Fail(_) => (DmarcStatus::Fail, "no aligned pass".to_string()),
+            // RFC 9989 §5.3.6: a temporary failure of an aligned mechanism
+            // with no aligned pass, or of the policy lookup: no verdict.
+            DmarcResult::TempError(e) => (DmarcStatus::TempError, e.to_string()),
+            DmarcResult::PermError(e) => (DmarcStatus::PermError, e.to_string()),
+            DmarcResult::None => (DmarcStatus::None, "no DMARC record".to_string()),
+        };
+        dmarc.status = status;
+        dmarc.reason = reason;
+        dmarc
+    }
+
     /// Where the applied DMARC record was found: the author domain's own
     /// record, else the first record up the RFC 9989 §4.10 tree-walk names
     /// (answered from the resolver cache, DMARC evaluation having just made
