@@ -12,6 +12,7 @@ pub mod keys;
 pub mod milter;
 pub mod opendkim;
 pub mod postfix;
+pub mod report;
 pub mod sign;
 pub mod sink;
 pub mod smtp;
