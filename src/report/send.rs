@@ -235,6 +235,12 @@ pub fn run(
                         continue;
                     }
                     Authorised::TempError(e) => {
+                        // RFC 9990 §4 step 5: a temporary error postpones.
+                        // Keep the delivery pending so the report is not
+                        // taken as done.
+                        if !options.dry_run {
+                            store.add_delivery(&domain, begin, &address, now)?;
+                        }
                         summary.postponed += 1;
                         let _ = writeln!(
                             progress,

@@ -11,6 +11,7 @@ pub mod drive;
 pub mod keys;
 pub mod milter;
 pub mod opendkim;
+pub mod pg;
 pub mod postfix;
 pub mod report;
 pub mod sign;
