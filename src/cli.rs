@@ -39,6 +39,9 @@ pub enum Command {
     /// DKIM key management.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// DMARC aggregate reports (RFC 9990): generate and send.
+    #[command(subcommand)]
+    Report(crate::report::cli::ReportCommand),
 }
 
 #[derive(Debug, Args)]

@@ -60,6 +60,7 @@ pub struct Config {
     pub dns: DnsSettings,
     pub verify: VerifySettings,
     pub policy: PolicyTable,
+    pub report: ReportSettings,
 }
 
 /// The milter socket.
@@ -325,6 +326,80 @@ impl PolicyTable {
             .max_by_key(|(d, _)| d.len())
             .map_or(&self.global, |(_, actions)| actions)
     }
+}
+
+/// Where DMARC aggregate report data is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportStore {
+    /// An SQLite database file, created on first use.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection string (`postgres://…`), shared by several hosts.
+    Postgres(String),
+}
+
+impl fmt::Display for ReportStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReportStore::Sqlite(path) => write!(f, "{}", path.display()),
+            // Never print a password.
+            ReportStore::Postgres(url) => f.write_str(&redact_url(url)),
+        }
+    }
+}
+
+/// A connection string with any password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some((auth, host)) => (auth, host),
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// The XML schema of generated aggregate reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportFormat {
+    /// RFC 9990 (`urn:ietf:params:xml:ns:dmarc-2.0`).
+    Rfc9990,
+    /// RFC 7489 Appendix C (no namespace, `pct`), for receivers that need it.
+    Rfc7489,
+}
+
+/// DMARC aggregate reporting (RFC 9990).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportSettings {
+    /// Record evaluations of inbound mail in the store.
+    pub enabled: bool,
+    pub store: ReportStore,
+    pub org_name: String,
+    /// Contact address in the report and the From of report mail.
+    pub email: String,
+    pub extra_contact_info: String,
+    /// The reporting domain: file names, Subject "Submitter:", Message-ID.
+    pub reporting_domain: String,
+    /// Length of a reporting period; divides a day, aligned to UTC midnight.
+    pub period: Duration,
+    /// Store data older than this is deleted.
+    pub retention: Duration,
+    /// Evaluation records waiting for the store writer; more are dropped.
+    pub queue_size: usize,
+    pub format: ReportFormat,
+    /// The local MTA's sendmail command (program and leading arguments).
+    pub sendmail: Vec<String>,
+    /// Least time between two reports mailed to the same destination.
+    pub destination_interval: Duration,
+    /// How long a claim on a delivery lasts before another run may take it over.
+    pub lease: Duration,
+    /// How long after the end of its period a report is still tried.
+    pub retry_for: Duration,
+    /// Run `report send` inside the daemon after each period.
+    pub schedule_in_daemon: bool,
 }
 
 /// A configuration that could not be loaded.

@@ -30,6 +30,8 @@ pub struct RawConfig {
     pub verify: RawVerify,
     #[serde(default)]
     pub policy: RawPolicy,
+    #[serde(default)]
+    pub report: RawReport,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,4 +138,24 @@ pub struct RawDomainPolicy {
     pub temperror: Option<String>,
     pub permerror: Option<String>,
     pub monitor: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReport {
+    pub enabled: Option<bool>,
+    pub store: Option<String>,
+    pub org_name: Option<String>,
+    pub email: Option<String>,
+    pub extra_contact_info: Option<String>,
+    pub reporting_domain: Option<String>,
+    pub period: Option<String>,
+    pub retention: Option<String>,
+    pub queue_size: Option<i64>,
+    pub format: Option<String>,
+    pub sendmail: Option<Vec<String>>,
+    pub destination_interval: Option<String>,
+    pub lease: Option<String>,
+    pub retry_for: Option<String>,
+    pub schedule: Option<String>,
 }

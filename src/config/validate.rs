@@ -3,6 +3,8 @@
 //! Each default lives here, next to the check of its key; the documented
 //! defaults in `config/rmilter.toml` are tested against this file.
 
+mod report;
+
 use super::raw::{RawConfig, RawKey};
 use super::{
     Action, ActionTable, Canon, Config, ConfigError, DnsSettings, KeyAlgorithm, KeySpec, Limits,
@@ -530,6 +532,7 @@ pub(super) fn validate(
         domains.push((name, actions));
     }
     let policy = PolicyTable { global, domains };
+    let report = report::report(&ctx, raw.report)?;
 
     Ok(Config {
         source,
@@ -545,6 +548,7 @@ pub(super) fn validate(
         dns,
         verify,
         policy,
+        report,
     })
 }
 

@@ -58,7 +58,10 @@ pub async fn run(config_ref: ConfigRef, runtime: Runtime) -> anyhow::Result<()> 
     for key in runtime.keys.iter() {
         info!(d = %key.domain, s = %key.selector, a = key.algorithm.dkim_name(), bits = key.bits, "signing key loaded");
     }
-    let state = MilterState::new(runtime);
+    let state = match crate::report::sink::for_daemon(&config) {
+        Some(sink) => MilterState::with_sink(runtime, sink),
+        None => MilterState::new(runtime),
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let signals = tokio::spawn(handle_signals(config_ref, state.clone(), stop_tx));
@@ -133,6 +136,22 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.log_level != new.log_level {
         changed.push("log_level");
+    }
+    let (a, b) = (&old.report, &new.report);
+    if (
+        a.enabled,
+        &a.store,
+        a.queue_size,
+        a.period,
+        a.schedule_in_daemon,
+    ) != (
+        b.enabled,
+        &b.store,
+        b.queue_size,
+        b.period,
+        b.schedule_in_daemon,
+    ) {
+        changed.push("report");
     }
     changed
 }

@@ -2,6 +2,19 @@
 //! yields (what RFC 9990 reports need), and the store interface it is
 //! handed to. Storing never blocks or fails mail: a store that cannot keep
 //! up drops records and counts them.
+//!
+//! [`sink::StoreSink`] writes the records into the [`store`] (SQLite or
+//! PostgreSQL) off the milter's hot path; `rmilter report generate` and
+//! `rmilter report send` ([`cli`]) turn the stored rows into RFC 9990
+//! reports ([`generate`], [`xml`]) and mail them through the local MTA
+//! exactly as often as needed and never with a new identity ([`send`]).
+
+pub mod cli;
+pub mod generate;
+pub mod send;
+pub mod sink;
+pub mod store;
+pub mod xml;
 
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -119,5 +132,39 @@ impl EvaluationSink for MemorySink {
             Ok(mut v) => v.push(evaluation),
             Err(p) => p.into_inner().push(evaluation),
         }
+    }
+}
+
+/// Seconds since the Unix epoch (negative before 1970).
+pub fn unix_time(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+/// The reporting period of `length` seconds that contains `time`: periods
+/// are aligned to the Unix epoch, so a period dividing a day starts at UTC
+/// midnight. Returns (begin, end) with `end` the period's last second, as
+/// RFC 9990's `date_range` example counts it.
+pub fn period_of(time: i64, length: i64) -> (i64, i64) {
+    let length = length.max(1);
+    let begin = time - time.rem_euclid(length);
+    (begin, begin + length - 1)
+}
+
+#[cfg(test)]
+mod period_tests {
+    use super::period_of;
+
+    #[test]
+    fn periods_align_to_utc_midnight() {
+        // 1970-01-04 00:00:00 UTC is 259200.
+        assert_eq!(period_of(259_200, 86_400), (259_200, 345_599));
+        assert_eq!(period_of(345_599, 86_400), (259_200, 345_599));
+        assert_eq!(period_of(345_600, 86_400), (345_600, 431_999));
+        assert_eq!(period_of(262_000, 3600), (259_200, 262_799));
+        assert_eq!(period_of(263_000, 3600), (262_800, 266_399));
+        assert_eq!(period_of(-1, 86_400), (-86_400, -1));
     }
 }

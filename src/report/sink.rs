@@ -1,0 +1,346 @@
+//! The milter's side of the store: [`StoreSink`] takes evaluation records
+//! off the hot path through a bounded queue, and one writer thread
+//! aggregates them in batches into the store. A full queue or a failing
+//! store (full disk, read-only, locked, unreachable) drops the records,
+//! counts them and logs at most once a minute; mail is never blocked or
+//! failed, and writing resumes by itself when the store works again.
+
+use super::store::{Addition, Policy, Row, Store};
+use super::{Evaluation, EvaluationSink, period_of, unix_time};
+use crate::config::ReportSettings;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// Records written per store transaction at most.
+const BATCH: usize = 1000;
+/// Least time between two "records dropped" log lines.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+/// How long the writer waits for a locked SQLite database.
+const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Counters of the report writer.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Records handed to the sink.
+    pub received: AtomicU64,
+    /// Records stored.
+    pub written: AtomicU64,
+    /// Records dropped: queue full or store failure.
+    pub dropped: AtomicU64,
+    log: Mutex<LogState>,
+}
+
+#[derive(Debug, Default)]
+struct LogState {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Stats {
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn drop_records(&self, n: u64, reason: &str) {
+        let total = self.dropped.fetch_add(n, Ordering::Relaxed) + n;
+        let mut log = match self.log.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        log.unlogged += n;
+        if log.last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            warn!(
+                dropped = log.unlogged,
+                dropped_total = total,
+                reason,
+                "report store: evaluation records dropped (mail is not affected)"
+            );
+            log.last = Some(Instant::now());
+            log.unlogged = 0;
+        }
+    }
+}
+
+/// An [`EvaluationSink`] writing into the report store.
+pub struct StoreSink {
+    tx: SyncSender<Evaluation>,
+    stats: Arc<Stats>,
+}
+
+impl StoreSink {
+    /// Start the writer thread. The store is opened by the writer on first
+    /// use (and re-opened after a failure), never here: a store that is
+    /// down at start does not stop the milter.
+    pub fn start(settings: &ReportSettings) -> Arc<StoreSink> {
+        let (tx, rx) = sync_channel(settings.queue_size);
+        let stats = Arc::new(Stats::default());
+        let writer = Writer {
+            settings: settings.clone(),
+            stats: stats.clone(),
+            store: None,
+            last_purge: None,
+        };
+        let spawned = std::thread::Builder::new()
+            .name("rmilter-report-writer".to_string())
+            .spawn(move || writer.run(rx));
+        if let Err(e) = spawned {
+            warn!(error = %e, "report store: cannot start the writer thread; evaluations are dropped");
+        }
+        Arc::new(StoreSink { tx, stats })
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+}
+
+impl EvaluationSink for StoreSink {
+    fn record(&self, evaluation: Evaluation) {
+        if evaluation.policy.is_none() {
+            return;
+        }
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(evaluation) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.stats.drop_records(1, "queue full"),
+            Err(TrySendError::Disconnected(_)) => self.stats.drop_records(1, "writer not running"),
+        }
+    }
+}
+
+struct Writer {
+    settings: ReportSettings,
+    stats: Arc<Stats>,
+    store: Option<Store>,
+    last_purge: Option<Instant>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Evaluation>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
+            }
+            self.write(&batch);
+        }
+    }
+
+    fn write(&mut self, batch: &[Evaluation]) {
+        let n = batch.len() as u64;
+        let additions = aggregate(batch, self.settings.period.as_secs() as i64);
+        if self.store.is_none() {
+            match Store::open(&self.settings.store, WRITER_BUSY_TIMEOUT) {
+                Ok(store) => {
+                    info!(store = %self.settings.store, "report store opened");
+                    self.store = Some(store);
+                }
+                Err(e) => {
+                    self.stats.drop_records(n, &e.to_string());
+                    // Do not retry in a tight loop: records queue meanwhile.
+                    std::thread::sleep(Duration::from_millis(500));
+                    return;
+                }
+            }
+        }
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        match store.add(&additions) {
+            Ok(()) => {
+                self.stats.written.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.drop_records(n, &e.to_string());
+                // Re-open on the next batch: the file may have been
+                // replaced, the disk remounted, the server restarted.
+                self.store = None;
+                std::thread::sleep(Duration::from_millis(500));
+                return;
+            }
+        }
+        if self
+            .last_purge
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(3600))
+        {
+            self.last_purge = Some(Instant::now());
+            let cutoff =
+                unix_time(std::time::SystemTime::now()) - self.settings.retention.as_secs() as i64;
+            if let Err(e) = store.purge(cutoff) {
+                warn!(error = %e, "report store: cannot delete old data");
+            }
+        }
+    }
+}
+
+/// Aggregate evaluations into store additions: one per (policy domain,
+/// period, row), with the number of evaluations.
+pub fn aggregate(batch: &[Evaluation], period: i64) -> Vec<Addition> {
+    let mut map: HashMap<(String, i64, String), Addition> = HashMap::new();
+    let mut order = Vec::new();
+    for e in batch {
+        let Some(a) = addition(e, period) else {
+            continue;
+        };
+        let key = (a.policy_domain.clone(), a.period_begin, a.row.json());
+        match map.get_mut(&key) {
+            Some(existing) => {
+                existing.count += 1;
+                if a.time >= existing.time {
+                    existing.time = a.time;
+                    existing.policy = a.policy;
+                }
+            }
+            None => {
+                order.push(key.clone());
+                map.insert(key, a);
+            }
+        }
+    }
+    order.into_iter().filter_map(|k| map.remove(&k)).collect()
+}
+
+/// RFC 9990 §2.1.3.2 ("DKIM Signatures in Aggregate Reports"): at most 100
+/// signatures per row, passing and aligned ones first.
+const MAX_DKIM_PER_ROW: usize = 100;
+
+/// The store row for one evaluation.
+pub fn addition(e: &Evaluation, period: i64) -> Option<Addition> {
+    let p = e.policy.as_ref()?;
+    let time = unix_time(e.time);
+    let (begin, end) = period_of(time, period);
+    let header_from = e.header_from.to_ascii_lowercase();
+    let policy = Policy {
+        domain: p.domain.to_ascii_lowercase(),
+        p: p.p.to_string(),
+        sp: p.sp.to_string(),
+        np: p.np.to_string(),
+        adkim: p.adkim.to_string(),
+        aspf: p.aspf.to_string(),
+        testing: p.testing,
+        psd: p.psd.to_string(),
+    };
+    let passed = e.dkim_aligned == "pass" || e.spf_aligned == "pass";
+    let applied = if header_from == policy.domain {
+        policy.p.as_str()
+    } else {
+        policy.sp.as_str()
+    };
+    // RFC 9990 ActionDispositionType: "pass" is no action, DMARC passed
+    // under an enforcing policy.
+    let disposition = match e.disposition {
+        super::Disposition::None if passed && applied != "none" => "pass",
+        d => d.as_str(),
+    };
+    let rank = |d: &super::DkimRecord| {
+        let aligned_strict = d.domain.eq_ignore_ascii_case(&header_from);
+        let aligned_relaxed = aligned_strict
+            || header_from.ends_with(&format!(".{}", d.domain.to_ascii_lowercase()))
+            || d.domain
+                .to_ascii_lowercase()
+                .ends_with(&format!(".{header_from}"));
+        match (d.result == "pass", aligned_strict, aligned_relaxed) {
+            (true, true, _) => 0,
+            (true, false, true) => 1,
+            (true, false, false) => 2,
+            _ => 3,
+        }
+    };
+    let mut dkim: Vec<&super::DkimRecord> = e.dkim.iter().collect();
+    dkim.sort_by_key(|d| rank(d));
+    let row = Row {
+        source_ip: e.source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        header_from,
+        envelope_from: e.envelope_from.to_ascii_lowercase(),
+        disposition: disposition.to_string(),
+        dkim: e.dkim_aligned.to_string(),
+        spf: e.spf_aligned.to_string(),
+        reasons: e
+            .overrides
+            .iter()
+            .map(|o| (o.kind.to_string(), o.comment.clone()))
+            .collect(),
+        dkim_results: dkim
+            .into_iter()
+            .take(MAX_DKIM_PER_ROW)
+            .map(|d| {
+                (
+                    d.domain.to_ascii_lowercase(),
+                    d.selector.clone(),
+                    d.result.to_string(),
+                )
+            })
+            .collect(),
+        spf_results: e
+            .spf
+            .iter()
+            .map(|s| {
+                (
+                    s.domain.to_ascii_lowercase(),
+                    s.scope.to_string(),
+                    s.result.to_string(),
+                )
+            })
+            .collect(),
+    };
+    Some(Addition {
+        policy_domain: policy.domain.clone(),
+        period_begin: begin,
+        period_end: end,
+        policy,
+        row,
+        count: 1,
+        time,
+    })
+}
+
+/// The daemon's evaluation sink: the store writer when `report.enabled`,
+/// and, with `report.schedule = "daemon"`, a thread that runs `report send`
+/// five minutes after each period ends. `None` when reporting is off.
+pub fn for_daemon(config: &crate::config::Config) -> Option<Arc<dyn EvaluationSink>> {
+    let settings = &config.report;
+    if !settings.enabled {
+        return None;
+    }
+    info!(store = %settings.store, period = %humantime::format_duration(settings.period), "DMARC aggregate reporting on");
+    let sink = StoreSink::start(settings);
+    if settings.schedule_in_daemon {
+        let settings = settings.clone();
+        let dns = config.dns.clone();
+        let spawned = std::thread::Builder::new()
+            .name("rmilter-report-send".to_string())
+            .spawn(move || schedule(&settings, &dns));
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start the report scheduler");
+        }
+    }
+    Some(sink)
+}
+
+fn schedule(settings: &ReportSettings, dns: &crate::config::DnsSettings) {
+    let length = settings.period.as_secs() as i64;
+    loop {
+        let now = unix_time(std::time::SystemTime::now());
+        let (_, end) = period_of(now, length);
+        let wake = end + 1 + 300;
+        std::thread::sleep(Duration::from_secs((wake - now).max(1) as u64));
+        let options = super::send::Options::default();
+        match super::send::run(settings, dns, &options, &mut std::io::sink()) {
+            Ok(summary) => info!(summary = %summary.line(false), "scheduled report send done"),
+            Err(e) => warn!(error = format!("{e:#}"), "scheduled report send failed"),
+        }
+    }
+}

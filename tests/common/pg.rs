@@ -1,0 +1,156 @@
+//! A private, throw-away PostgreSQL server for the shared report store
+//! tests: Debian's PostgreSQL 15 binaries run as user `postgres` on a data
+//! directory and a unix socket directory inside a fresh temporary directory,
+//! on a private port, with no TCP listener. Dropping the value stops it.
+//! Needs root (to run as `postgres`) and Debian's `postgresql` package.
+#![allow(dead_code)]
+
+use super::postfix::{free_port, run_bounded, show};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub struct TestPg {
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    socket_dir: PathBuf,
+    port: u16,
+}
+
+fn as_postgres(program: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", "postgres", "--"])
+        .arg(Path::new(BIN).join(program))
+        .args(args);
+    cmd
+}
+
+impl TestPg {
+    pub fn start() -> TestPg {
+        assert!(
+            Path::new(BIN).join("postgres").exists(),
+            "PostgreSQL 15 is not installed ({BIN}); install Debian's `postgresql` package"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("rmilter-pg-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data = dir.path().join("data");
+        let socket_dir = dir.path().join("sock");
+        for d in [&data, &socket_dir] {
+            std::fs::create_dir(d).unwrap();
+            let st = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(d)
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let data_s = data.display().to_string();
+        let out = run_bounded(
+            as_postgres(
+                "initdb",
+                &[
+                    "-D",
+                    &data_s,
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                ],
+            ),
+            None,
+            Duration::from_secs(120),
+        );
+        assert!(out.status.success(), "initdb: {}", show(&out));
+        let log = dir.path().join("postgres.log");
+        std::fs::write(&log, b"").unwrap();
+        Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&log)
+            .status()
+            .unwrap();
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let options = format!(
+                "-p {port} -k {} -c listen_addresses='' -c fsync=off -c max_connections=50",
+                socket_dir.display()
+            );
+            let out = run_bounded(
+                as_postgres(
+                    "pg_ctl",
+                    &[
+                        "-D",
+                        &data_s,
+                        "-l",
+                        &log.display().to_string(),
+                        "-o",
+                        &options,
+                        "-w",
+                        "-t",
+                        "60",
+                        "start",
+                    ],
+                ),
+                None,
+                Duration::from_secs(90),
+            );
+            if out.status.success() {
+                return TestPg {
+                    dir,
+                    data,
+                    socket_dir,
+                    port,
+                };
+            }
+            last = format!(
+                "{}\n{}",
+                show(&out),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        panic!("could not start PostgreSQL: {last}");
+    }
+
+    /// The connection string rmilter's `report.store` takes.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@localhost/postgres?host={}&port={}",
+            self.socket_dir.display(),
+            self.port
+        )
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TestPg {
+    fn drop(&mut self) {
+        let _ = run_bounded(
+            as_postgres(
+                "pg_ctl",
+                &[
+                    "-D",
+                    &self.data.display().to_string(),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
+            ),
+            None,
+            Duration::from_secs(60),
+        );
+    }
+}
