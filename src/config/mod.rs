@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use validate::{
-    DEFAULT_HEADERS, DEFAULT_OVERSIGN_HEADERS, check_selector, normalize_domain, parse_listen,
+    DEFAULT_HEADERS, DEFAULT_OVERSIGN_HEADERS, check_selector, normalize_domain, parse_algorithm,
+    parse_listen,
 };
 
 /// Where a configuration came from.

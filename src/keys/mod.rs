@@ -4,13 +4,15 @@
 //! Keys are read and parsed once, when the configuration is loaded or
 //! reloaded; nothing here runs per message.
 
+pub mod check;
 pub mod files;
 mod generate;
 mod record;
 mod safety;
+pub mod state;
 
 pub use generate::{GenerateError, GeneratedKey, generate, private_key_pem, write_key};
-pub use record::{txt_value, zone_entry};
+pub use record::{revocation_value, txt_value, zone_entry};
 
 use crate::config::{KeyAlgorithm, KeySpec};
 use aws_lc_rs::encoding::AsDer;
