@@ -52,6 +52,7 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => check_config(&args),
         Command::Keys(KeysCommand::Generate(args)) => generate(&args),
         Command::Keys(KeysCommand::Dns(args)) => dns(&args),
+        Command::Keys(KeysCommand::Lifecycle(command)) => keys::cli::run(command),
     }
 }
 

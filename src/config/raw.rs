@@ -30,6 +30,9 @@ pub struct RawConfig {
     pub verify: RawVerify,
     #[serde(default)]
     pub policy: RawPolicy,
+    pub pid_file: Option<String>,
+    #[serde(default, rename = "keys")]
+    pub lifecycle: RawKeyLifecycle,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,6 +89,7 @@ pub struct RawKey {
     pub selector: Option<String>,
     pub file: Option<String>,
     pub algorithm: Option<String>,
+    pub dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,4 +138,13 @@ pub struct RawDomainPolicy {
     pub temperror: Option<String>,
     pub permerror: Option<String>,
     pub monitor: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyLifecycle {
+    pub selector: Option<String>,
+    pub rsa_bits: Option<i64>,
+    pub owner: Option<String>,
+    pub retiring_period: Option<String>,
 }

@@ -14,6 +14,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod lifecycle;
+pub use lifecycle::render_selector;
+
 /// Header fields signed when present (RFC 6376 §5.4.1, plus list and MIME fields).
 pub const DEFAULT_HEADERS: &[&str] = &[
     "From",
@@ -306,6 +309,7 @@ pub(super) fn validate(
         raw.keys
             .iter()
             .enumerate()
+            .filter(|(_, key)| key.dir.is_none())
             .map(|(i, key)| key_spec(&ctx, i, key))
             .collect::<Result<Vec<_>, _>>()?
     } else {
@@ -513,6 +517,10 @@ pub(super) fn validate(
     }
     let policy = PolicyTable { global, domains };
 
+    let managed = lifecycle::managed(&ctx, &raw.keys, overrides)?;
+    let lifecycle = lifecycle::settings(&ctx, &raw.lifecycle)?;
+    let pid_file = lifecycle::pid_file(&ctx, raw.pid_file.as_deref())?;
+
     Ok(Config {
         source,
         listen,
@@ -527,6 +535,9 @@ pub(super) fn validate(
         dns,
         verify,
         policy,
+        pid_file,
+        managed,
+        lifecycle,
     })
 }
 

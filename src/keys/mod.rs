@@ -5,8 +5,10 @@
 //! reloaded; nothing here runs per message.
 
 pub mod check;
+pub mod cli;
 pub mod files;
 mod generate;
+pub mod lifecycle;
 mod record;
 mod safety;
 pub mod state;
