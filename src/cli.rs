@@ -76,6 +76,8 @@ pub enum KeysCommand {
     /// Print the DNS TXT record of every configured signing key, in zone-file
     /// syntax.
     Dns(ConfigArg),
+    #[command(flatten)]
+    Lifecycle(crate::keys::cli::LifecycleCommand),
 }
 
 #[derive(Debug, Args)]

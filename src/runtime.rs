@@ -27,7 +27,33 @@ impl Runtime {
 
     /// Load the key files of a validated configuration.
     pub fn from_config(config: Config) -> Result<Runtime, ConfigError> {
-        let keys = keys::load_all(&config.keys).map_err(|(origin, e)| ConfigError::Invalid {
+        // Static `[[key]]` rows, then the active keys of managed directories.
+        let mut specs = config.keys.clone();
+        specs.extend(
+            keys::lifecycle::signing_specs(&config).map_err(|(origin, message)| {
+                ConfigError::Invalid {
+                    file: config.source.to_string(),
+                    key: origin,
+                    message,
+                }
+            })?,
+        );
+        if let Some((a, b)) = specs.iter().enumerate().find_map(|(i, a)| {
+            specs[..i]
+                .iter()
+                .find(|b| b.domain == a.domain && b.selector == a.selector)
+                .map(|b| (a, b))
+        }) {
+            return Err(ConfigError::Invalid {
+                file: config.source.to_string(),
+                key: a.origin.clone(),
+                message: format!(
+                    "selector {} of {} is already used by {}",
+                    a.selector, a.domain, b.origin
+                ),
+            });
+        }
+        let keys = keys::load_all(&specs).map_err(|(origin, e)| ConfigError::Invalid {
             file: if origin.starts_with("--key") {
                 "command line".to_string()
             } else {

@@ -117,13 +117,18 @@ fn shipped_configuration_documents_the_embedded_defaults() {
         "lease",
         "retry_for",
         "schedule",
+        "pid_file",
+        "selector",
+        "rsa_bits",
+        "owner",
+        "retiring_period",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(&format!("{key} = "))),
             "config/rmilter.toml does not document {key}"
         );
     }
-    for key in ["domain", "selector", "file", "algorithm"] {
+    for key in ["domain", "selector", "file", "algorithm", "dir"] {
         assert!(
             text.lines().any(|l| l.starts_with(&format!("# {key} = "))),
             "{key}"

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use validate::{
-    DEFAULT_HEADERS, DEFAULT_OVERSIGN_HEADERS, check_selector, normalize_domain, parse_listen,
+    DEFAULT_HEADERS, DEFAULT_OVERSIGN_HEADERS, check_selector, normalize_domain, parse_algorithm,
+    parse_listen, render_selector,
 };
 
 /// Where a configuration came from.
@@ -61,6 +62,14 @@ pub struct Config {
     pub verify: VerifySettings,
     pub policy: PolicyTable,
     pub report: ReportSettings,
+    /// Where `rmilter run` writes its pid, so that `rmilter keys` can ask
+    /// it to reload; `None`: no pid file.
+    pub pid_file: Option<PathBuf>,
+    /// Signing domains whose keys `rmilter keys` manages (`[[key]]` rows
+    /// with `dir`); their state files decide which selectors sign.
+    pub managed: Vec<ManagedDomain>,
+    /// Settings of `rmilter keys rotate`, `retire` (`[keys]`).
+    pub lifecycle: KeyLifecycle,
 }
 
 /// The milter socket.
@@ -251,6 +260,45 @@ pub struct KeySpec {
     pub algorithm: Option<KeyAlgorithm>,
     /// Where the row came from, for error messages (`key[0]`, `--key`).
     pub origin: String,
+}
+
+/// A signing domain whose keys live in a managed key directory: the
+/// directory's `state.toml` says which keys are pending, active (signing),
+/// retiring or retired, and `rmilter keys` maintains it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedDomain {
+    /// Signing domain, lower-case A-label.
+    pub domain: String,
+    /// The domain's key directory (key files and `state.toml`).
+    pub dir: PathBuf,
+    /// Where the row came from, for error messages (`key[2]`).
+    pub origin: String,
+}
+
+/// Settings of the key lifecycle commands (`[keys]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyLifecycle {
+    /// Selector template of `rmilter keys rotate`, see [`KeyLifecycle::selector`].
+    pub selector_template: String,
+    /// RSA modulus size of rotated keys.
+    pub rsa_bits: u32,
+    /// Owner (name, uid, gid) given to the key files and directories that
+    /// `rmilter keys` creates when it runs as root; `None` keeps the
+    /// invoking user.
+    pub owner: Option<(String, u32, u32)>,
+    /// How long a retiring key's record stays published before the key may
+    /// be marked retired.
+    pub retiring_period: Duration,
+}
+
+impl KeyLifecycle {
+    /// The selector for a new key: the template with `{algorithm}` (`rsa`,
+    /// `ed25519`), `{date}` (YYYYMMDD, UTC), `{year}`, `{month}`, `{day}`
+    /// replaced. `date` is YYYYMMDD.
+    pub fn selector(&self, algorithm: KeyAlgorithm, date: &str) -> String {
+        validate::render_selector(&self.selector_template, algorithm.key_type(), date)
+            .unwrap_or_else(|_| format!("{}{date}", algorithm.key_type()))
+    }
 }
 
 /// Resolver settings.

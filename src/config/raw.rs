@@ -32,6 +32,9 @@ pub struct RawConfig {
     pub policy: RawPolicy,
     #[serde(default)]
     pub report: RawReport,
+    pub pid_file: Option<String>,
+    #[serde(default, rename = "keys")]
+    pub lifecycle: RawKeyLifecycle,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +93,7 @@ pub struct RawKey {
     pub selector: Option<String>,
     pub file: Option<String>,
     pub algorithm: Option<String>,
+    pub dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,4 +162,13 @@ pub struct RawReport {
     pub lease: Option<String>,
     pub retry_for: Option<String>,
     pub schedule: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyLifecycle {
+    pub selector: Option<String>,
+    pub rsa_bits: Option<i64>,
+    pub owner: Option<String>,
+    pub retiring_period: Option<String>,
 }

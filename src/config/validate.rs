@@ -16,6 +16,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod lifecycle;
+pub use lifecycle::render_selector;
+
 /// Header fields signed when present (RFC 6376 §5.4.1, plus list and MIME fields).
 pub const DEFAULT_HEADERS: &[&str] = &[
     "From",
@@ -326,6 +329,7 @@ pub(super) fn validate(
         raw.keys
             .iter()
             .enumerate()
+            .filter(|(_, key)| key.dir.is_none())
             .map(|(i, key)| key_spec(&ctx, i, key))
             .collect::<Result<Vec<_>, _>>()?
     } else {
@@ -534,6 +538,10 @@ pub(super) fn validate(
     let policy = PolicyTable { global, domains };
     let report = report::report(&ctx, raw.report)?;
 
+    let managed = lifecycle::managed(&ctx, &raw.keys, overrides)?;
+    let lifecycle = lifecycle::settings(&ctx, &raw.lifecycle)?;
+    let pid_file = lifecycle::pid_file(&ctx, raw.pid_file.as_deref())?;
+
     Ok(Config {
         source,
         listen,
@@ -549,6 +557,9 @@ pub(super) fn validate(
         verify,
         policy,
         report,
+        pid_file,
+        managed,
+        lifecycle,
     })
 }
 

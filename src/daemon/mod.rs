@@ -4,8 +4,10 @@
 //! SIGTERM/SIGINT (stop accepting, let messages in progress finish, exit).
 
 mod listen;
+mod pidfile;
 
 pub use listen::{Bound, bind, remove_socket};
+pub use pidfile::{PidFile, ReloadRequest, request_reload};
 
 use crate::config::{Config, Overrides, Source};
 use crate::milter::{self, MilterState};
@@ -48,6 +50,11 @@ pub async fn run(config_ref: ConfigRef, runtime: Runtime) -> anyhow::Result<()> 
         ),
         Source::File(path) => info!(file = %path.display(), "configuration loaded"),
     }
+    let _pid_file = config
+        .pid_file
+        .as_deref()
+        .map(PidFile::create)
+        .transpose()?;
     let bound = bind(&config.listen, &config.socket)?;
     info!(
         listen = %bound.local,
@@ -152,6 +159,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         b.schedule_in_daemon,
     ) {
         changed.push("report");
+    }
+    if old.pid_file != new.pid_file {
+        changed.push("pid_file");
     }
     changed
 }

@@ -1,12 +1,12 @@
-//! `rmilter keys generate`: a new private key written with mode 0600 at
-//! creation (never chmod afterwards), refusing to overwrite anything.
+//! `rmilter keys generate` and `rotate`: a new private key written with
+//! mode 0600 at creation (never chmod afterwards), through a temporary file
+//! so a crash leaves no partial key, refusing to overwrite anything.
 
+use super::files::{self, Owner};
 use super::{KeyError, LoadedKey};
 use crate::config::{KeyAlgorithm, KeySpec};
 use aws_lc_rs::encoding::AsDer;
 use base64::Engine;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// A key written by [`generate`].
@@ -28,19 +28,14 @@ pub enum GenerateError {
     },
     #[error("key generation failed")]
     Crypto,
+    #[error("{0}")]
+    Unsafe(String),
     #[error(transparent)]
     Load(#[from] KeyError),
 }
 
-/// Generate a key for `domain`/`selector` into `dir/domain/selector.pem`.
-/// `domain` and `selector` must already be validated.
-pub fn generate(
-    dir: &Path,
-    domain: &str,
-    selector: &str,
-    algorithm: KeyAlgorithm,
-    bits: u32,
-) -> Result<GeneratedKey, GenerateError> {
+/// A new private key as PKCS#8 PEM ("PRIVATE KEY").
+pub fn private_key_pem(algorithm: KeyAlgorithm, bits: u32) -> Result<String, GenerateError> {
     let pkcs8 = match algorithm {
         KeyAlgorithm::Rsa => {
             let size = match bits {
@@ -72,37 +67,47 @@ pub fn generate(
         pem.push('\n');
     }
     pem.push_str("-----END PRIVATE KEY-----\n");
+    Ok(pem)
+}
 
+/// Write `pem` to `dir/selector.pem` (the directory must exist): mode 0600
+/// from creation (never chmod afterwards), written to a temporary file
+/// first so that a crash never leaves half a key under the final name, and
+/// never replacing an existing file or symlink.
+pub fn write_key(
+    dir: &Path,
+    selector: &str,
+    pem: &str,
+    owner: Owner,
+) -> Result<PathBuf, GenerateError> {
+    let name = format!("{selector}.pem");
+    let path = dir.join(&name);
+    match files::write_new(dir, &name, pem.as_bytes(), owner) {
+        Ok(path) => Ok(path),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(GenerateError::Exists(path)),
+        Err(error) => Err(GenerateError::Io { path, error }),
+    }
+}
+
+/// Generate a key for `domain`/`selector` into `dir/domain/selector.pem`.
+/// `domain` and `selector` must already be validated.
+pub fn generate(
+    dir: &Path,
+    domain: &str,
+    selector: &str,
+    algorithm: KeyAlgorithm,
+    bits: u32,
+) -> Result<GeneratedKey, GenerateError> {
+    let pem = private_key_pem(algorithm, bits)?;
     let domain_dir = dir.join(domain);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&domain_dir)
-        .map_err(|error| GenerateError::Io {
-            path: domain_dir.clone(),
-            error,
-        })?;
-    let path = domain_dir.join(format!("{selector}.pem"));
-    // O_CREAT|O_EXCL with mode 0600: no window with looser permissions, and
-    // an existing file or symlink is never replaced.
-    let mut file = match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-    {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(GenerateError::Exists(path));
-        }
-        Err(error) => return Err(GenerateError::Io { path, error }),
-    };
-    file.write_all(pem.as_bytes())
-        .and_then(|_| file.sync_all())
-        .map_err(|error| GenerateError::Io {
-            path: path.clone(),
-            error,
-        })?;
+    // A domain directory that is a symlink out of the key directory would
+    // put the key where others may control it.
+    files::check_inside(dir, &domain_dir).map_err(GenerateError::Unsafe)?;
+    files::ensure_dir(&domain_dir, None).map_err(|error| GenerateError::Io {
+        path: domain_dir.clone(),
+        error,
+    })?;
+    let path = write_key(&domain_dir, selector, &pem, None)?;
     let key = LoadedKey::load(&KeySpec {
         domain: domain.to_string(),
         selector: selector.to_string(),

@@ -13,6 +13,12 @@ pub fn txt_value(algorithm: KeyAlgorithm, public_key: &[u8]) -> String {
     )
 }
 
+/// The revocation record of a retired key (RFC 6376 §3.6.1: an empty
+/// `p=` means the key has been revoked).
+pub fn revocation_value(algorithm: KeyAlgorithm) -> String {
+    format!("v=DKIM1; k={}; p=", algorithm.key_type())
+}
+
 /// A zone-file entry for `selector._domainkey.domain.`: the value is split
 /// into character-strings of at most 255 bytes (RFC 1035 §3.3), which
 /// resolvers join again (RFC 6376 §3.6.2.2).

@@ -6,7 +6,10 @@ use super::KeyError;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-pub(super) fn check(path: &Path) -> Result<(), KeyError> {
+/// `trusted`: one more uid (besides root and this process's user) that may
+/// own the file and its directories: `keys.owner`, when `rmilter keys`
+/// runs as root on keys the daemon's user owns.
+pub(super) fn check(path: &Path, trusted: Option<u32>) -> Result<(), KeyError> {
     let unsafe_ = |reason: String| KeyError::Unsafe {
         path: path.to_path_buf(),
         reason,
@@ -41,7 +44,7 @@ pub(super) fn check(path: &Path) -> Result<(), KeyError> {
     }
     let euid = nix::unistd::geteuid().as_raw();
     let egid = nix::unistd::getegid().as_raw();
-    if meta.uid() != 0 && meta.uid() != euid {
+    if meta.uid() != 0 && meta.uid() != euid && Some(meta.uid()) != trusted {
         return Err(unsafe_(format!(
             "owned by uid {}, not by root or the user rmilter runs as (uid {euid})",
             meta.uid()
@@ -75,7 +78,7 @@ pub(super) fn check(path: &Path) -> Result<(), KeyError> {
                 mode & 0o7777
             )));
         }
-        if meta.uid() != 0 && meta.uid() != euid {
+        if meta.uid() != 0 && meta.uid() != euid && Some(meta.uid()) != trusted {
             return Err(unsafe_(format!(
                 "directory {} is owned by uid {}, not by root or the user rmilter runs as",
                 dir.display(),

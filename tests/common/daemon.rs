@@ -1,5 +1,5 @@
-//! The `rmilter run` process as administrators run it: started from the
-//! binary, its log read line by line, signalled with kill(1).
+//! The `rmilter run` process for tests: started with arguments, its log
+//! (stderr) collected line by line, signalled, waited for.
 
 #![allow(dead_code)]
 
@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct Daemon {
-    child: Child,
+    pub child: Child,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Daemon {
+    /// `rmilter run ARGS`, with RUST_LOG unset so the configured level applies.
     pub fn start(args: &[&str]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rmilter"))
             .arg("run")
@@ -42,11 +43,16 @@ impl Daemon {
         self.log.lock().unwrap().clone()
     }
 
+    /// How many log lines contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.lines().iter().filter(|l| l.contains(needle)).count()
+    }
+
     /// Wait until `count` log lines contain `needle`.
     pub fn wait_log(&self, needle: &str, count: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if self.lines().iter().filter(|l| l.contains(needle)).count() >= count {
+            if self.count(needle) >= count {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -88,7 +94,7 @@ impl Drop for Daemon {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
