@@ -63,7 +63,7 @@ fn report_send(config: &Path, now: i64, kill_at: Option<&str>) -> Output {
         .arg(config)
         .args(["--now", &now.to_string()]);
     if let Some(step) = kill_at {
-        cmd.env("RMILTER_TEST_KILL_AT", step);
+        cmd.env("RMILTER_CRASH_AT", format!("report:{step}"));
     }
     cmd.output().unwrap()
 }

@@ -647,17 +647,11 @@ fn sendmail(command: &[String], from: &str, to: &str, message: &[u8]) -> Result<
     }
 }
 
-/// Crash testing: `RMILTER_TEST_KILL_AT=generated|claimed|accepted` makes a
-/// run kill itself with SIGKILL at that step (after the report was stored,
-/// after the delivery was claimed, after the MTA accepted the message and
-/// before it was marked sent), as a crash or `kill -9` would.
+/// Crash testing: the steps of a send (after the report was stored, after
+/// the delivery was claimed, after the MTA accepted the message and before
+/// it was marked sent) are crash points `report:generated`,
+/// `report:claimed` and `report:accepted` (see `keys::files::crash_point`:
+/// debug builds only).
 fn kill_point(step: &str) {
-    if std::env::var("RMILTER_TEST_KILL_AT").is_ok_and(|v| v == step) {
-        let _ = std::io::stdout().flush();
-        let _ = Command::new("kill")
-            .args(["-KILL", &std::process::id().to_string()])
-            .status();
-        // SIGKILL cannot be caught; should kill(1) be missing, abort.
-        std::process::abort();
-    }
+    crate::keys::files::crash_point(&format!("report:{step}"));
 }
