@@ -174,3 +174,77 @@ async fn sigterm_finishes_the_message_in_progress() {
     let status = daemon.wait_exit();
     assert!(status.success(), "exit {status}");
 }
+
+/// RELIABILITY §8 case 28 (O2): many good reloads while mail flows. Every
+/// message finishes with a valid signature, no reload is refused, the
+/// daemon keeps running.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_reloads_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rmilter::keys::generate(
+        dir.path(),
+        "example.com",
+        "ed",
+        rmilter::config::KeyAlgorithm::Ed25519,
+        0,
+    )
+    .unwrap();
+    let port = free_port();
+    let config = dir.path().join("rmilter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"inet:127.0.0.1:{port}\"\n[[key]]\ndomain = \"example.com\"\nselector = \"ed\"\nfile = \"{}\"\n",
+            key.path.display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&["-c", config.to_str().unwrap()]);
+    daemon.wait_log("rmilter started", 1);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let senders: Vec<_> = (0..4)
+        .map(|n| {
+            tokio::spawn(async move {
+                let env = Envelope::authenticated("alice");
+                let mut conn = drive::open(addr).await;
+                drive::connect(&mut conn, &env).await;
+                let mut signed = 0;
+                for i in 0..50 {
+                    let raw = message("alice@example.com", &format!("reload {n}-{i}"), "x\r\n");
+                    let out = drive::send_message(&mut conn, &env, &raw).await;
+                    if out.status == indymilter_test::Status::Continue
+                        && out.inserted("DKIM-Signature").len() == 1
+                    {
+                        signed += 1;
+                    }
+                }
+                conn.close().await.unwrap();
+                signed
+            })
+        })
+        .collect();
+    let pid = daemon.pid();
+    let hup = std::thread::spawn(move || {
+        for _ in 0..100 {
+            let _ = std::process::Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status();
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    });
+    let mut total = 0;
+    for s in senders {
+        total += s.await.unwrap();
+    }
+    hup.join().unwrap();
+    assert_eq!(total, 200, "every message signed across the reloads");
+    // Signals that arrive together are one reload; many happened, none failed.
+    daemon.wait_log("configuration reloaded", 20);
+    assert!(
+        !daemon.lines().iter().any(|l| l.contains("reload refused")),
+        "{:?}",
+        daemon.lines()
+    );
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit().success());
+}
