@@ -247,8 +247,9 @@ proptest! {
         body in body(),
         splits in proptest::collection::vec(0usize..80, 0..8),
         flags in any::<u8>(),
+        from in proptest::sample::select(&["From", "from", "FROM", "From ", "From\t"][..]),
     ) {
-        let mut fields = vec![(b"From".to_vec(), b" a@example.com".to_vec())];
+        let mut fields = vec![(from.as_bytes().to_vec(), b" a@example.com".to_vec())];
         fields.extend(extra.into_iter().filter(|(n, _)| {
             !n.iter().filter(|b| !b.is_ascii_whitespace()).eq(b"from".iter()) && !n.eq_ignore_ascii_case(b"from")
         }));

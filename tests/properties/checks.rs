@@ -1096,7 +1096,21 @@ pub fn signer_whole_vs_chunked(
     }
     chunked.body(rest);
 
-    let mut message = block.clone();
+    // The one-shot signer gets the section as the streaming signer signs
+    // it: no whitespace between a field name and its colon (mail-auth
+    // matches h= names byte for byte; see rmilter's sign module).
+    let mut message = Vec::with_capacity(block.len() + body.len() + 2);
+    for line in block.split_inclusive(|&b| b == b'\n') {
+        match line.iter().position(|&b| b == b':') {
+            Some(c) if !matches!(line.first(), Some(b' ' | b'\t')) => {
+                let name = &line[..c];
+                let keep = name.len() - name.iter().rev().take_while(|&&b| is_wsp(b)).count();
+                message.extend_from_slice(&name[..keep]);
+                message.extend_from_slice(&line[c..]);
+            }
+            _ => message.extend_from_slice(line),
+        }
+    }
     message.extend_from_slice(b"\r\n");
     message.extend_from_slice(body);
     let to_mail_auth = |c: Canon| match c {
