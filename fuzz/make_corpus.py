@@ -75,6 +75,19 @@ for d in ["from-gate", "results"]:
     for f in sorted(os.listdir(base)):
         if f.endswith(".eml"):
             messages.append(("rmilter", f"{d}-{f[:-4]}", read(base, f)))
+# The case corpus (tests/corpus/cases/<case>/{case.toml,message.eml,zone.txt}).
+import tomllib
+cases_dir = os.path.join(REPO, "tests", "corpus", "cases")
+cases = sorted(os.listdir(cases_dir)) if os.path.isdir(cases_dir) else []
+case_zones = []
+for c in cases:
+    d = os.path.join(cases_dir, c)
+    if os.path.exists(os.path.join(d, "message.eml")):
+        messages.append(("rmilter", f"case-{c}", read(d, "message.eml")))
+    if os.path.exists(os.path.join(d, "zone.txt")):
+        with open(os.path.join(d, "case.toml"), "rb") as f:
+            env = tomllib.load(f).get("envelope", {})
+        case_zones.append((c, env, read(d, "zone.txt").decode()))
 dkimpy = os.path.join(TESTDATA, "dkim", "dkimpy")
 for f in sorted(os.listdir(dkimpy)):
     if f.endswith((".msg", ".message")) or ".message." in f:
@@ -155,6 +168,27 @@ for doc in docs:
     for test, t in doc["tests"].items():
         text = f"client {t['host']}\nhelo {t['helo']}\nmailfrom {t['mailfrom']}\n{zone}\n"
         add("spf", "openspf", f"{section}-{test}", text.encode())
+
+# The case corpus's zones: SPF seeds with the case's envelope, and its
+# DMARC and DKIM key records.
+for c, env, zone in case_zones:
+    lines = []
+    for line in zone.splitlines():
+        if not line.strip() or line.startswith(";"):
+            continue
+        name, kind, value = (line.split(" ", 2) + ["", ""])[:3]
+        if kind == "TXT":
+            value = value.strip()
+            value = value[1:-1] if value.startswith('"') and value.endswith('"') else value
+            if name.startswith("_dmarc."):
+                add("dmarc_record", "rmilter", f"case-{c}-{name}", value.encode())
+            elif "._domainkey." in name:
+                add("dkim_key", "rmilter", f"case-{c}-{name}", value.encode())
+            value = txt_escape(value)
+        lines.append(f"{name} {kind} {value}")
+    text = (f"client {env.get('client', '192.0.2.1')}\nhelo {env.get('helo', '')}\n"
+            f"mailfrom {env.get('mail_from', '')}\n" + "\n".join(lines) + "\n")
+    add("spf", "rmilter", f"case-{c}", text.encode())
 
 # DMARC records (rmilter's own, from its tests and RFC 9989's tags).
 for i, rec in enumerate([
