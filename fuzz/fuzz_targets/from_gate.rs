@@ -1,17 +1,11 @@
-//! Fuzz the From gate: arbitrary header fields must never panic, and an
-//! accepted author must pass the gate again with the same domain.
+//! The From gate: never panics; an accepted author passes again with the same domain.
+//! Input format and properties: `input_from_gate` in tests/properties/checks.rs.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
+#[allow(dead_code)]
+#[path = "../../tests/properties/checks.rs"]
+mod checks;
 
-fuzz_target!(|data: &[u8]| {
-    // Split the input into header fields: "name\0value\0name\0value...".
-    let parts: Vec<&[u8]> = data.split(|&b| b == 0).collect();
-    let fields: Vec<(&[u8], &[u8])> = parts.chunks(2).filter_map(|c| Some((c[0], *c.get(1)?))).collect();
-    if let Ok(author) = rmilter::identity::author(fields.iter().copied()) {
-        let value = format!(" {}", author.address);
-        let again = rmilter::identity::author([(&b"From"[..], value.as_bytes())])
-            .expect("an accepted address is accepted again");
-        assert_eq!(again.domain, author.domain);
-    }
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    checks::input_from_gate(data);
 });

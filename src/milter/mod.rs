@@ -7,6 +7,7 @@ mod callbacks;
 mod inbound;
 mod session;
 mod spool;
+pub mod wire;
 
 pub use callbacks::callbacks;
 pub use inbound::results_field;

@@ -6,6 +6,7 @@
 
 use super::inbound;
 use super::spool::Spool;
+use super::wire;
 use super::{InFlight, MilterState};
 use crate::config::Action;
 use crate::identity::{self, Author, Refusal};
@@ -610,31 +611,12 @@ fn bad_from_text(refusal: &Refusal) -> String {
     text
 }
 
-/// The header section in wire form for the signer: `Name:value\r\n` per
-/// field, with the milter's "\n" line breaks turned back into CRLF.
+/// The header section in wire form (see [`wire::header_section`]).
 fn header_block(headers: &[Header], leading_space: bool) -> Vec<u8> {
-    let size: usize = headers
-        .iter()
-        .map(|h| h.name.len() + h.value.len() + 8)
-        .sum();
-    let mut block = Vec::with_capacity(size);
-    for h in headers {
-        block.extend_from_slice(&h.name);
-        block.push(b':');
-        if !leading_space {
-            block.push(b' ');
-        }
-        let mut prev = 0u8;
-        for &b in &h.value {
-            if b == b'\n' && prev != b'\r' {
-                block.push(b'\r');
-            }
-            block.push(b);
-            prev = b;
-        }
-        block.extend_from_slice(b"\r\n");
-    }
-    block
+    wire::header_section(
+        headers.iter().map(|h| (&h.name[..], &h.value[..])),
+        leading_space,
+    )
 }
 
 fn macro_value(macros: &Macros, name: &str) -> Option<String> {

@@ -10,6 +10,7 @@ use crate::keys::{LoadedKey, SharedKey};
 use mail_auth::dkim::{Canonicalization, DkimSigner, DkimSigningStream};
 use mail_auth::headers::HeaderWriter;
 use mail_auth::signer::Ready;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -149,6 +150,8 @@ impl MessageSigner {
         signing: &Signing,
         header_block: &[u8],
     ) -> Self {
+        let header_block = signable_section(header_block);
+        let header_block = &header_block[..];
         let canon = |c| match c {
             crate::config::Canon::Simple => Canonicalization::Simple,
             crate::config::Canon::Relaxed => Canonicalization::Relaxed,
@@ -221,6 +224,51 @@ pub struct SignError {
     pub domain: String,
     pub selector: String,
     pub reason: String,
+}
+
+/// The header section as the DKIM signer must see it. mail-auth matches
+/// `h=` names byte for byte, so a field in the obsolete `Name :` form (RFC
+/// 5322 §4.5; Postfix passes its name as `Name `, and [`header_list`] and the
+/// From gate read it as `Name`) was left unsigned, and when it was the only
+/// listed field present (a lone `From :`) signing failed with "no headers
+/// found" (found by the `signer` fuzz target). Whitespace between a field
+/// name and its colon is therefore removed. Relaxed header canonicalization
+/// (RFC 6376 §3.4.2) removes it too, so the signature is the one a verifier
+/// computes; under simple canonicalization a verifier hashes `Name :` as it
+/// stands, and a signature covering such a field does not verify there.
+fn signable_section(block: &[u8]) -> Cow<'_, [u8]> {
+    let mut out: Option<Vec<u8>> = None;
+    let mut start = 0;
+    while start < block.len() {
+        let end = block[start..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(block.len(), |i| start + i + 2);
+        let line = &block[start..end];
+        let colon = line.iter().position(|&b| b == b':');
+        let name_end = match (line.first(), colon) {
+            (Some(b' ' | b'\t'), _) | (_, None) => None,
+            (_, Some(c)) => line[..c]
+                .iter()
+                .rposition(|&b| b != b' ' && b != b'\t')
+                .map(|i| i + 1)
+                .filter(|&e| e < c),
+        };
+        match (name_end, colon) {
+            (Some(e), Some(c)) => {
+                let out = out.get_or_insert_with(|| block[..start].to_vec());
+                out.extend_from_slice(&line[..e]);
+                out.extend_from_slice(&line[c..]);
+            }
+            _ => {
+                if let Some(out) = out.as_mut() {
+                    out.extend_from_slice(line);
+                }
+            }
+        }
+        start = end;
+    }
+    out.map_or(Cow::Borrowed(block), Cow::Owned)
 }
 
 /// Turn `DKIM-Signature: v=1; ...\r\n\t...\r\n` into the value a milter
