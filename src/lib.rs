@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod dns;
 pub mod identity;
 pub mod keys;
+pub mod metrics;
 pub mod milter;
 pub mod report;
 pub mod runtime;

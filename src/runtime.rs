@@ -13,6 +13,8 @@ pub struct Runtime {
     pub config: Config,
     pub keys: KeyTable,
     pub verifier: Verifier,
+    /// One signature counter per key (see [`crate::metrics`]).
+    pub key_counters: crate::metrics::KeyCounters,
 }
 
 impl Runtime {
@@ -72,9 +74,11 @@ impl Runtime {
             key: "dns".to_string(),
             message: format!("{e:#}"),
         })?;
+        let keys = KeyTable::new(keys);
         Ok(Runtime {
+            key_counters: crate::metrics::KeyCounters::fresh(&keys),
             config,
-            keys: KeyTable::new(keys),
+            keys,
             verifier,
         })
     }
