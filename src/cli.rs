@@ -42,6 +42,13 @@ pub enum Command {
     /// DMARC aggregate reports (RFC 9990): generate and send.
     #[command(subcommand)]
     Report(crate::report::cli::ReportCommand),
+    /// Show how rmilter decides about one message, step by step: direction,
+    /// From gate, DKIM, SPF, ARC, DMARC, policy, Authentication-Results and
+    /// the answer (outbound: the keys and signatures).
+    ///
+    /// The daemon's own evaluation, run once; --dns answers lookups from a
+    /// zone file instead of the configured resolvers.
+    Explain(crate::explain::ExplainArgs),
 }
 
 #[derive(Debug, Args)]
