@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dns;
+pub mod doctor;
 pub mod explain;
 pub mod identity;
 pub mod keys;
