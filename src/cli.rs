@@ -42,6 +42,20 @@ pub enum Command {
     /// DMARC aggregate reports (RFC 9990): generate and send.
     #[command(subcommand)]
     Report(crate::report::cli::ReportCommand),
+    /// Audit Postfix's milter wiring and hardening, and the DNS records of
+    /// the signing domains, against what rmilter needs.
+    ///
+    /// Reads `postconf -n` and `postconf -M` (or main.cf and master.cf from
+    /// --postfix-dir) and prints each finding with its severity, why it
+    /// matters and the exact fix. Exits 1 when a finding is high.
+    Doctor(crate::doctor::DoctorArgs),
+    /// Show how rmilter decides about one message, step by step: direction,
+    /// From gate, DKIM, SPF, ARC, DMARC, policy, Authentication-Results and
+    /// the answer (outbound: the keys and signatures).
+    ///
+    /// The daemon's own evaluation, run once; --dns answers lookups from a
+    /// zone file instead of the configured resolvers.
+    Explain(crate::explain::ExplainArgs),
 }
 
 #[derive(Debug, Args)]

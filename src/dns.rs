@@ -1,6 +1,9 @@
 //! The DNS resolver: hickory (through mail-auth's re-export, so one version
 //! is built), configured from `[dns]`: the listed nameservers or the
 //! system's /etc/resolv.conf, a per-query timeout, attempts and a cache.
+//! [`zone`] serves a zone file on loopback for `rmilter explain --dns`.
+
+pub mod zone;
 
 use crate::config::DnsSettings;
 use mail_auth::MessageAuthenticator;

@@ -53,6 +53,8 @@ fn main() -> ExitCode {
         Command::Keys(KeysCommand::Generate(args)) => generate(&args),
         Command::Keys(KeysCommand::Dns(args)) => dns(&args),
         Command::Report(command) => rmilter::report::cli::main(command),
+        Command::Doctor(args) => rmilter::doctor::main(args),
+        Command::Explain(args) => rmilter::explain::main(args),
         Command::Keys(KeysCommand::Lifecycle(command)) => keys::cli::run(command),
     }
 }

@@ -13,6 +13,8 @@ pub struct Runtime {
     pub config: Config,
     pub keys: KeyTable,
     pub verifier: Verifier,
+    /// One signature counter per key (see [`crate::metrics`]).
+    pub key_counters: crate::metrics::KeyCounters,
 }
 
 impl Runtime {
@@ -53,23 +55,30 @@ impl Runtime {
                 ),
             });
         }
-        let keys = keys::load_all(&specs).map_err(|(origin, e)| ConfigError::Invalid {
-            file: if origin.starts_with("--key") {
-                "command line".to_string()
-            } else {
-                config.source.to_string()
-            },
-            key: origin,
-            message: e.to_string(),
+        // The daemon's `user` may own the key files: it runs as that user
+        // after start, and reloads read them as it.
+        let trusted = config.run_as.as_ref().map(|r| r.uid);
+        let keys = keys::load_all_trusting(&specs, trusted).map_err(|(origin, e)| {
+            ConfigError::Invalid {
+                file: if origin.starts_with("--key") {
+                    "command line".to_string()
+                } else {
+                    config.source.to_string()
+                },
+                key: origin,
+                message: e.to_string(),
+            }
         })?;
         let verifier = Verifier::new(&config.dns).map_err(|e| ConfigError::Invalid {
             file: config.source.to_string(),
             key: "dns".to_string(),
             message: format!("{e:#}"),
         })?;
+        let keys = KeyTable::new(keys);
         Ok(Runtime {
+            key_counters: crate::metrics::KeyCounters::fresh(&keys),
             config,
-            keys: KeyTable::new(keys),
+            keys,
             verifier,
         })
     }

@@ -122,6 +122,9 @@ fn shipped_configuration_documents_the_embedded_defaults() {
         "rsa_bits",
         "owner",
         "retiring_period",
+        "user",
+        "group",
+        "health_log_interval",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(&format!("{key} = "))),

@@ -70,6 +70,30 @@ pub struct Config {
     pub managed: Vec<ManagedDomain>,
     /// Settings of `rmilter keys rotate`, `retire` (`[keys]`).
     pub lifecycle: KeyLifecycle,
+    /// The unprivileged user and group `rmilter run` switches to after
+    /// binding its sockets when started as root; `None`: stay as started.
+    pub run_as: Option<RunAs>,
+    /// The Prometheus endpoint and the periodic health log line.
+    pub metrics: MetricsSettings,
+}
+
+/// Who the daemon runs as after binding (`user`, `group`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: String,
+    pub uid: u32,
+    /// The configured group, else the user's primary group.
+    pub group: String,
+    pub gid: u32,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Where the Prometheus text endpoint listens; `None`: off.
+    pub listen: Option<SocketAddr>,
+    /// How often the daemon logs a health line; `None`: never.
+    pub health_log_interval: Option<Duration>,
 }
 
 /// The milter socket.

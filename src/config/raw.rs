@@ -35,6 +35,17 @@ pub struct RawConfig {
     pub pid_file: Option<String>,
     #[serde(default, rename = "keys")]
     pub lifecycle: RawKeyLifecycle,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
+    pub health_log_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod lifecycle;
+mod ops;
 pub use lifecycle::render_selector;
 
 /// Header fields signed when present (RFC 6376 §5.4.1, plus list and MIME fields).
@@ -541,6 +542,8 @@ pub(super) fn validate(
     let managed = lifecycle::managed(&ctx, &raw.keys, overrides)?;
     let lifecycle = lifecycle::settings(&ctx, &raw.lifecycle)?;
     let pid_file = lifecycle::pid_file(&ctx, raw.pid_file.as_deref())?;
+    let run_as = ops::run_as(&ctx, raw.user.as_deref(), raw.group.as_deref())?;
+    let metrics = ops::metrics(&ctx, &raw.metrics)?;
 
     Ok(Config {
         source,
@@ -560,6 +563,8 @@ pub(super) fn validate(
         pid_file,
         managed,
         lifecycle,
+        run_as,
+        metrics,
     })
 }
 

@@ -1,10 +1,14 @@
-//! The daemon: bind the socket, serve milter connections, reload on SIGHUP
-//! (build the new configuration and keys first, then swap; a bad reload is
-//! refused and the running configuration stays), and stop gracefully on
-//! SIGTERM/SIGINT (stop accepting, let messages in progress finish, exit).
+//! The daemon: bind the socket, drop root, serve milter connections, reload
+//! on SIGHUP (build the new configuration and keys first, then swap; a bad
+//! reload is refused and the running configuration stays), and stop
+//! gracefully on SIGTERM/SIGINT (stop accepting, let messages in progress
+//! finish, exit). systemd is told each state change ([`notify`]); the
+//! optional metrics endpoint runs beside the milter.
 
 mod listen;
+pub mod notify;
 mod pidfile;
+pub mod privileges;
 
 pub use listen::{Bound, bind, remove_socket};
 pub use pidfile::{PidFile, ReloadRequest, request_reload};
@@ -12,6 +16,7 @@ pub use pidfile::{PidFile, ReloadRequest, request_reload};
 use crate::config::{Config, Overrides, Source};
 use crate::milter::{self, MilterState};
 use crate::runtime::Runtime;
+use anyhow::Context as _;
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
@@ -56,6 +61,14 @@ pub async fn run(config_ref: ConfigRef, runtime: Runtime) -> anyhow::Result<()> 
         .map(PidFile::create)
         .transpose()?;
     let bound = bind(&config.listen, &config.socket)?;
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics.listen: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
     info!(
         listen = %bound.local,
         keys = runtime.keys.len(),
@@ -65,12 +78,42 @@ pub async fn run(config_ref: ConfigRef, runtime: Runtime) -> anyhow::Result<()> 
     for key in runtime.keys.iter() {
         info!(d = %key.domain, s = %key.selector, a = key.algorithm.dkim_name(), bits = key.bits, "signing key loaded");
     }
+    // Everything that needs root is done: the socket is bound and owned as
+    // configured, the pid file written. The report store is opened after
+    // this, so its files belong to the unprivileged user.
+    if let Some(run_as) = &config.run_as {
+        privileges::drop_to(run_as)?;
+    }
     let state = match crate::report::sink::for_daemon(&config) {
         Some(sink) => MilterState::with_sink(runtime, sink),
         None => MilterState::new(runtime),
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut metrics_addr = None;
+    if let Some(listener) = metrics_listener {
+        metrics_addr = listener.local_addr().ok();
+        info!(listen = %metrics_addr.map(|a| a.to_string()).unwrap_or_default(), "metrics endpoint listening (GET /metrics, /health)");
+        let source: Arc<dyn crate::metrics::http::Source> = state.clone();
+        tokio::spawn(crate::metrics::http::serve(
+            listener,
+            source,
+            wait_true(stop_rx.clone()),
+        ));
+    }
+    if let Some(every) = config.metrics.health_log_interval {
+        tokio::spawn(log_health(state.clone(), every));
+    }
+    let ready = ready_line(&state, &bound.local, metrics_addr);
+    info!(
+        listen = %bound.local,
+        keys = state.runtime().keys.len(),
+        user = %current_user(),
+        metrics = %metrics_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        resolver = if state.runtime().verifier.resolver_down() { "down" } else { "up" },
+        "rmilter ready"
+    );
+    notify::ready(&ready);
     let signals = tokio::spawn(handle_signals(config_ref, state.clone(), stop_tx));
     let Bound {
         listener,
@@ -85,6 +128,51 @@ pub async fn run(config_ref: ConfigRef, runtime: Runtime) -> anyhow::Result<()> 
 
 async fn wait_true(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
+}
+
+/// The user the process runs as, by name when it has one.
+fn current_user() -> String {
+    let uid = nix::unistd::geteuid();
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name)
+}
+
+/// The status line systemd shows while rmilter is ready.
+fn ready_line(
+    state: &MilterState,
+    listen: &crate::config::ListenAddr,
+    metrics: Option<std::net::SocketAddr>,
+) -> String {
+    let runtime = state.runtime();
+    let mut line = format!(
+        "ready: listening on {listen}, {} signing keys",
+        runtime.keys.len()
+    );
+    if let Some(addr) = metrics {
+        line.push_str(&format!(", metrics on {addr}"));
+    }
+    line
+}
+
+/// Log a health line every `every`: what was done since start and whether
+/// the resolver answers.
+async fn log_health(state: Arc<MilterState>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let runtime = state.runtime();
+        let down = runtime.verifier.resolver_down();
+        let counts = state.metrics().summary();
+        if down {
+            warn!(in_flight = state.in_flight(), resolver = "down", counts = %counts, "health: DNS resolver unreachable");
+        } else {
+            info!(in_flight = state.in_flight(), resolver = "up", counts = %counts, "health");
+        }
+        notify::status(&format!("ready: {counts}"));
+    }
 }
 
 async fn handle_signals(config_ref: ConfigRef, state: Arc<MilterState>, stop: watch::Sender<bool>) {
@@ -102,11 +190,21 @@ async fn handle_signals(config_ref: ConfigRef, state: Arc<MilterState>, stop: wa
     };
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&config_ref, &state),
+            _ = hup.recv() => {
+                notify::reloading();
+                reload(&config_ref, &state);
+                let runtime = state.runtime();
+                notify::ready(&format!(
+                    "ready: listening on {}, {} signing keys",
+                    runtime.config.listen,
+                    runtime.keys.len()
+                ));
+            }
             _ = term.recv() => { info!(signal = "SIGTERM", "stopping"); break; }
             _ = int.recv() => { info!(signal = "SIGINT", "stopping"); break; }
         }
     }
+    notify::stopping();
     let _ = stop.send(true);
 }
 
@@ -121,9 +219,13 @@ pub fn reload(config_ref: &ConfigRef, state: &MilterState) {
             let keys = new.keys.len();
             let source = new.config.source.to_string();
             state.swap(new);
+            state.metrics().reload(true);
             info!(source, keys, "configuration reloaded");
         }
-        Err(e) => error!(error = %e, "reload refused; the running configuration stays in effect"),
+        Err(e) => {
+            state.metrics().reload(false);
+            error!(error = %e, "reload refused; the running configuration stays in effect");
+        }
     }
 }
 
@@ -162,6 +264,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.pid_file != new.pid_file {
         changed.push("pid_file");
+    }
+    if old.run_as != new.run_as {
+        changed.push("user");
+    }
+    if old.metrics != new.metrics {
+        changed.push("metrics");
     }
     changed
 }

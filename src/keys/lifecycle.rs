@@ -100,7 +100,9 @@ pub fn key_spec(m: &ManagedDomain, key: &ManagedKey) -> Result<KeySpec, String> 
 pub fn signing_specs(config: &Config) -> Result<Vec<KeySpec>, (String, String)> {
     let mut specs = Vec::new();
     for m in &config.managed {
-        let st = state::read(&m.dir, &m.domain, None)
+        // The daemon's `user` may own the key directory: it switches to
+        // that user after loading, and reloads run as it.
+        let st = state::read(&m.dir, &m.domain, config.run_as.as_ref().map(|r| r.uid))
             .map_err(|e| (format!("{}.dir", m.origin), e.to_string()))?;
         for key in st.signing() {
             specs.push(key_spec(m, key).map_err(|e| (m.origin.clone(), e))?);

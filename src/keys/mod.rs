@@ -316,10 +316,19 @@ pub fn der_rsa_public_bits(der: &[u8]) -> Option<usize> {
 
 /// Load every key of a key table; the first failure names its row.
 pub fn load_all(specs: &[KeySpec]) -> Result<Vec<Arc<LoadedKey>>, (String, KeyError)> {
+    load_all_trusting(specs, None)
+}
+
+/// Like [`load_all`], also accepting key files and directories owned by
+/// the uid `trusted` (the daemon's `user`, which it runs as after start).
+pub fn load_all_trusting(
+    specs: &[KeySpec],
+    trusted: Option<u32>,
+) -> Result<Vec<Arc<LoadedKey>>, (String, KeyError)> {
     specs
         .iter()
         .map(|spec| {
-            LoadedKey::load(spec)
+            LoadedKey::load_trusting(spec, trusted)
                 .map(Arc::new)
                 .map_err(|e| (spec.origin.clone(), e))
         })

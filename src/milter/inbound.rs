@@ -1,12 +1,16 @@
 //! End of message for inbound mail: verify, decide, write the one
 //! Authentication-Results field, hand the evaluation to the report store,
 //! and log the decision in one line.
+//!
+//! [`evaluate`] (verdict, decision, Authentication-Results text, answer) is
+//! the one evaluation: `rmilter explain` calls it too.
 
 use super::MilterState;
 use super::session::{Client, EomPlan, Message, Reply, internal_error};
-use crate::config::Action;
-use crate::identity::Author;
+use crate::config::{Action, Config};
+use crate::identity::{Author, Refusal};
 use crate::report::{DkimRecord, Evaluation, PublishedPolicy, SpfRecord};
+use crate::runtime::Runtime;
 use crate::verify::authres::{self, ResInfo};
 use crate::verify::decision::{self, Decision, policy_str};
 use crate::verify::spf::SpfOutcome;
@@ -14,7 +18,93 @@ use crate::verify::{DmarcStatus, Input, Verdict};
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tracing::info;
+
+/// Everything the inbound evaluation decides about one message.
+#[derive(Debug, Clone)]
+pub struct Evaluated {
+    pub verdict: Verdict,
+    pub decision: Decision,
+    /// The Authentication-Results value rmilter inserts (without the
+    /// leading space; folded with "\n\t").
+    pub results: String,
+    /// What Postfix is told at end of message.
+    pub reply: Reply,
+    /// The hold-queue reason when the action is quarantine.
+    pub quarantine: Option<String>,
+    /// How long verification took, DNS included.
+    pub took: Duration,
+    /// The resolver was known to be down: nothing was looked up.
+    pub resolver_was_down: bool,
+}
+
+/// Verify one inbound message and decide: the verdict, the policy
+/// decision, the Authentication-Results text and the answer. The daemon's
+/// end of message and `rmilter explain` both call this.
+pub async fn evaluate(runtime: &Runtime, input: &Input<'_>) -> Evaluated {
+    let config = &runtime.config;
+    let started = Instant::now();
+    let resolver_was_down = runtime.verifier.resolver_down();
+    let verdict = runtime.verifier.verify(&config.verify, input).await;
+    let took = started.elapsed();
+    let pct = verdict.dmarc.policy_record.as_ref().and_then(|r| r.pct);
+    let decision = decision::decide(
+        &verdict,
+        &config.policy,
+        &config.verify,
+        input.author.display_domain.as_deref(),
+        pct,
+        sample,
+    );
+    let results = results_field(config.authserv_id.as_str(), &verdict, input.author);
+    let (code, xcode, text) = decision.reply.clone();
+    let mut quarantine = None;
+    let reply = match decision.action {
+        Action::Accept => Reply::Continue,
+        Action::Quarantine => {
+            quarantine = Some(format!(
+                "rmilter: dmarc={} for {}",
+                verdict.dmarc.status.as_str(),
+                verdict.dmarc.domain
+            ));
+            Reply::Continue
+        }
+        Action::Reject => Reply::Reject { code, xcode, text },
+        Action::Tempfail => Reply::Tempfail { code, xcode, text },
+    };
+    Evaluated {
+        verdict,
+        decision,
+        results,
+        reply,
+        quarantine,
+        took,
+        resolver_was_down,
+    }
+}
+
+/// The From gate refused and the configured action (`actions.bad_from`,
+/// accept or quarantine) lets the message in: the Authentication-Results
+/// value saying so (never dmarc=pass or dmarc=none, RELIABILITY F1-F4) and
+/// the hold-queue reason when the action is quarantine.
+pub fn refused(config: &Config, refusal: &Refusal) -> (String, Option<String>) {
+    let field = authres::render(
+        config.authserv_id.as_str(),
+        &[ResInfo::new("dmarc", "permerror").comment(refusal.to_string())],
+    );
+    let hold =
+        (config.actions.bad_from == Action::Quarantine).then(|| format!("rmilter: {refusal}"));
+    (field, hold)
+}
+
+/// The client address verification uses: IPv4-mapped IPv6 as IPv4.
+pub fn client_ip(addr: Option<IpAddr>) -> Option<IpAddr> {
+    addr.map(|ip| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    })
+}
 
 pub(super) async fn finish(
     state: &Arc<MilterState>,
@@ -23,17 +113,11 @@ pub(super) async fn finish(
     mut plan: EomPlan,
 ) -> EomPlan {
     let config = &msg.runtime.config;
-    let authserv = config.authserv_id.as_str();
     if let Some(refusal) = &msg.refusal {
-        // The From gate refused and the configured action lets the message
-        // in: say so; never dmarc=pass or dmarc=none (RELIABILITY F1-F4).
-        let field = authres::render(
-            authserv,
-            &[ResInfo::new("dmarc", "permerror").comment(refusal.to_string())],
-        );
+        let (field, hold) = refused(config, refusal);
         plan.insert.push(("Authentication-Results", field));
-        if config.actions.bad_from == Action::Quarantine {
-            plan.quarantine = Some(format!("rmilter: {refusal}"));
+        if hold.is_some() {
+            plan.quarantine = hold;
         }
         info!(
             queue_id = %msg.queue_id,
@@ -48,12 +132,10 @@ pub(super) async fn finish(
     let Some(author) = msg.author.as_ref() else {
         return plan;
     };
-    let ip = client.addr.map(|a| match a.ip() {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    });
+    let ip = client_ip(client.addr.map(|a| a.ip()));
     if let Some(error) = &msg.spool_error {
         plan.reply = internal_error(
+            state.metrics(),
             config.actions.on_error,
             &msg.queue_id,
             &format!("spool: {error}"),
@@ -68,6 +150,7 @@ pub(super) async fn finish(
         Ok(contents) => contents,
         Err(e) => {
             plan.reply = internal_error(
+                state.metrics(),
                 config.actions.on_error,
                 &msg.queue_id,
                 &format!("spool: {e}"),
@@ -82,41 +165,29 @@ pub(super) async fn finish(
         message: contents.as_deref().unwrap_or_default(),
         truncated: msg.truncated,
         author,
-        receiver: authserv,
+        receiver: config.authserv_id.as_str(),
     };
-    let verifier = &msg.runtime.verifier;
-    let verdict = verifier.verify(&config.verify, &input).await;
+    let evaluated = evaluate(&msg.runtime, &input).await;
     drop(contents);
-    let record = verdict.dmarc.policy_record.clone();
-    let pct = record.as_ref().and_then(|r| r.pct);
-    let decision = decision::decide(
-        &verdict,
-        &config.policy,
-        &config.verify,
-        author.display_domain.as_deref(),
-        pct,
-        sample,
-    );
-    plan.insert.push((
-        "Authentication-Results",
-        results_field(authserv, &verdict, author),
-    ));
-    let (code, xcode, text) = decision.reply.clone();
-    plan.reply = match decision.action {
-        Action::Accept => Reply::Continue,
-        Action::Quarantine => {
-            plan.quarantine = Some(format!(
-                "rmilter: dmarc={} for {}",
-                verdict.dmarc.status.as_str(),
-                verdict.dmarc.domain
-            ));
-            Reply::Continue
-        }
-        Action::Reject => Reply::Reject { code, xcode, text },
-        Action::Tempfail => Reply::Tempfail { code, xcode, text },
-    };
+    let Evaluated {
+        verdict,
+        decision,
+        results,
+        reply,
+        quarantine,
+        took,
+        resolver_was_down,
+    } = evaluated;
+    let metrics = state.metrics();
+    metrics.verified(&verdict, took, resolver_was_down);
+    metrics.action(decision.action, "dmarc");
+    plan.insert.push(("Authentication-Results", results));
+    plan.reply = reply;
+    if quarantine.is_some() {
+        plan.quarantine = quarantine;
+    }
     if decision.action != Action::Tempfail
-        && let Some(found) = &record
+        && let Some(found) = &verdict.dmarc.policy_record
     {
         state
             .sink()

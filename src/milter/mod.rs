@@ -1,18 +1,25 @@
 //! The milter protocol side: indymilter callbacks as thin adapters over the
 //! per-connection [`session::Session`], and the state shared by all
-//! connections (the current [`Runtime`] and the count of messages in
-//! progress, which graceful shutdown waits for).
+//! connections (the current [`Runtime`], the count of messages in
+//! progress, which graceful shutdown waits for, and the [`Metrics`]).
+//!
+//! [`direction`] (outbound or inbound, and why) and [`inbound::evaluate`]
+//! (verdict, decision, Authentication-Results, answer) are the functions
+//! `rmilter explain` calls too, so its trace is the daemon's evaluation.
 
 mod callbacks;
-mod inbound;
+pub mod direction;
+pub mod inbound;
 mod session;
 mod spool;
 pub mod wire;
 
 pub use callbacks::callbacks;
+pub use direction::{ClientFacts, Direction};
 pub use inbound::results_field;
-pub use session::{Direction, EomPlan, Session};
+pub use session::{EomPlan, Reply, Session, refusal_reply};
 
+use crate::metrics::Metrics;
 use crate::report::{Discard, EvaluationSink};
 use crate::runtime::Runtime;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +30,7 @@ pub struct MilterState {
     runtime: RwLock<Arc<Runtime>>,
     in_flight: AtomicUsize,
     sink: Arc<dyn EvaluationSink>,
+    metrics: Arc<Metrics>,
 }
 
 impl MilterState {
@@ -31,12 +39,23 @@ impl MilterState {
     }
 
     /// With a store for the evaluation records of verified messages.
-    pub fn with_sink(runtime: Runtime, sink: Arc<dyn EvaluationSink>) -> Arc<Self> {
+    pub fn with_sink(mut runtime: Runtime, sink: Arc<dyn EvaluationSink>) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new());
+        metrics.adopt(&mut runtime);
+        if let Some(stats) = sink.stats() {
+            metrics.set_report_stats(stats);
+        }
         Arc::new(MilterState {
             runtime: RwLock::new(Arc::new(runtime)),
             in_flight: AtomicUsize::new(0),
             sink,
+            metrics,
         })
+    }
+
+    /// The counters of this server.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn sink(&self) -> &dyn EvaluationSink {
@@ -52,7 +71,8 @@ impl MilterState {
     }
 
     /// Replace the runtime; messages in progress keep the one they started with.
-    pub fn swap(&self, runtime: Runtime) {
+    pub fn swap(&self, mut runtime: Runtime) {
+        self.metrics.adopt(&mut runtime);
         let new = Arc::new(runtime);
         match self.runtime.write() {
             Ok(mut guard) => *guard = new,
@@ -77,5 +97,19 @@ struct InFlight(Arc<MilterState>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl crate::metrics::http::Source for MilterState {
+    fn metrics(&self) -> String {
+        self.metrics
+            .render(!self.runtime().verifier.resolver_down(), self.in_flight())
+    }
+
+    fn unhealthy(&self) -> Option<String> {
+        self.runtime()
+            .verifier
+            .resolver_down()
+            .then(|| "DNS resolver unreachable: inbound mail gets temperror".to_string())
     }
 }

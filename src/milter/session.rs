@@ -19,6 +19,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tracing::{debug, info, warn};
 
+use super::direction::{ClientFacts, Direction};
+
 /// What end of message does: header edits (applied in this order:
 /// deletions, then insertions at the top), quarantine, and the reply.
 #[derive(Debug, Default)]
@@ -62,37 +64,6 @@ pub enum Reply {
     },
 }
 
-/// Which way a message goes, and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Outbound: SASL-authenticated client.
-    Authenticated,
-    /// Outbound: client address in `outbound.networks`.
-    InternalNetwork,
-    /// Outbound: `{daemon_name}` listed in `outbound.daemon_names`.
-    DaemonName,
-    /// Outbound: local submission (sendmail(1) through non_smtpd_milters).
-    LocalSubmission,
-    /// Everything else.
-    Inbound,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Authenticated => "authenticated",
-            Direction::InternalNetwork => "internal-network",
-            Direction::DaemonName => "daemon-name",
-            Direction::LocalSubmission => "local-submission",
-            Direction::Inbound => "inbound",
-        }
-    }
-
-    pub fn is_outbound(self) -> bool {
-        self != Direction::Inbound
-    }
-}
-
 /// The SMTP client as the MTA describes it.
 #[derive(Debug, Default, Clone)]
 pub(super) struct Client {
@@ -105,7 +76,7 @@ impl Client {
     /// Postfix's cleanup(8) simulates non-SMTP mail (sendmail(1), pickup)
     /// as a connection from "localhost" at 127.0.0.1 port 0; a real SMTP
     /// client never has port 0.
-    fn is_local_submission(&self) -> bool {
+    pub(super) fn is_local_submission(&self) -> bool {
         matches!(self.addr, Some(addr) if addr.port() == 0 && addr.ip().is_loopback())
             && self.hostname.eq_ignore_ascii_case("localhost")
     }
@@ -273,7 +244,21 @@ impl Session {
     /// either choose the keys and start signing (outbound) or start
     /// collecting the message for verification (inbound).
     pub fn eoh(&mut self, macros: &Macros) -> Reply {
+        let reply = self.eoh_stage(macros);
+        // An answer other than continue ends the message here.
+        if reply != Reply::Continue
+            && let Some(msg) = self.message.as_ref()
+        {
+            self.state
+                .metrics()
+                .message(msg.direction.is_outbound(), outcome(&reply, false));
+        }
+        reply
+    }
+
+    fn eoh_stage(&mut self, macros: &Macros) -> Reply {
         let direction = self.direction(macros);
+        let metrics = self.state.metrics().clone();
         let leading_space = self.leading_space;
         let client = client_text(&self.client);
         let Some(msg) = self.message.as_mut() else {
@@ -294,6 +279,7 @@ impl Session {
                 action = config.actions.oversized_headers.as_str(),
                 "header section exceeds the configured limits"
             );
+            metrics.action(config.actions.oversized_headers, "oversized_headers");
             if config.actions.oversized_headers == Action::Quarantine {
                 msg.hold = Some("rmilter: message header section too big".to_string());
             }
@@ -316,6 +302,7 @@ impl Session {
                 }
                 Err(refusal) => {
                     let action = config.actions.bad_from;
+                    metrics.action(action, "bad_from");
                     warn!(
                         queue_id = %msg.queue_id,
                         client = %client,
@@ -338,6 +325,7 @@ impl Session {
         let author = match gate {
             Ok(author) => author,
             Err(refusal) => {
+                metrics.action(config.actions.bad_from, "bad_from");
                 warn!(
                     queue_id = %msg.queue_id,
                     direction = direction.as_str(),
@@ -434,17 +422,21 @@ impl Session {
         if !msg.forged_results.is_empty() {
             warn!(queue_id = %msg.queue_id, count = msg.forged_results.len(), "removing forged Authentication-Results fields");
         }
-        if let Some(reason) = msg.hold.take() {
+        let outbound = msg.direction.is_outbound();
+        let plan = if let Some(reason) = msg.hold.take() {
             plan.quarantine = Some(reason);
             info!(queue_id = %msg.queue_id, "message held in the quarantine (hold) queue");
-            return plan;
-        }
-        if msg.direction.is_outbound() {
+            plan
+        } else if outbound {
             self.finish_outbound(msg, plan)
         } else {
             let client = self.client.clone();
             inbound::finish(&self.state, &client, msg, plan).await
-        }
+        };
+        self.state
+            .metrics()
+            .message(outbound, outcome(&plan.reply, plan.quarantine.is_some()));
+        plan
     }
 
     fn finish_outbound(&self, mut msg: Message, mut plan: EomPlan) -> EomPlan {
@@ -454,7 +446,14 @@ impl Session {
         };
         match signer.finish() {
             Ok(signatures) => {
+                if !signatures.is_empty() {
+                    self.state
+                        .metrics()
+                        .signed_messages
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 for sig in &signatures {
+                    msg.runtime.key_counters.signed(&sig.domain, &sig.selector);
                     let value = if self.leading_space {
                         sig.value.clone()
                     } else {
@@ -478,6 +477,7 @@ impl Session {
                 plan
             }
             Err(e) => EomPlan::reply(internal_error(
+                self.state.metrics(),
                 config.actions.on_error,
                 &msg.queue_id,
                 &e.to_string(),
@@ -507,40 +507,26 @@ impl Session {
         let Some(msg) = self.message.as_ref() else {
             return Direction::Inbound;
         };
-        let rules = &msg.runtime.config.outbound;
         let auth = msg
             .auth_user
             .clone()
             .or_else(|| macro_value(macros, "{auth_authen}").filter(|v| !v.is_empty()));
-        if rules.authenticated && auth.is_some() {
-            return Direction::Authenticated;
-        }
-        if rules.local_submission && self.client.is_local_submission() {
-            return Direction::LocalSubmission;
-        }
         let ip: Option<IpAddr> = self
             .client
             .addr
             .map(|a| a.ip())
             .or_else(|| macro_value(macros, "{client_addr}").and_then(|v| v.parse().ok()));
-        if let Some(ip) = ip {
-            let ip = match ip {
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-                v4 => v4,
-            };
-            if rules.networks.iter().any(|net| net.contains(&ip)) {
-                return Direction::InternalNetwork;
-            }
-        }
-        if let Some(name) = msg
+        let daemon_name = msg
             .daemon_name
             .clone()
-            .or_else(|| macro_value(macros, "{daemon_name}"))
-            && rules.daemon_names.contains(&name)
-        {
-            return Direction::DaemonName;
-        }
-        Direction::Inbound
+            .or_else(|| macro_value(macros, "{daemon_name}"));
+        let facts = ClientFacts {
+            auth_user: auth.as_deref(),
+            local_submission: self.client.is_local_submission(),
+            ip,
+            daemon_name: daemon_name.as_deref(),
+        };
+        Direction::decide(&msg.runtime.config.outbound, &facts)
     }
 }
 
@@ -550,9 +536,31 @@ pub(super) enum Failure {
     Internal,
 }
 
-pub(super) fn internal_error(action: Action, queue_id: &str, reason: &str) -> Reply {
+pub(super) fn internal_error(
+    metrics: &crate::metrics::Metrics,
+    action: Action,
+    queue_id: &str,
+    reason: &str,
+) -> Reply {
+    metrics.action(action, "error");
     tracing::error!(queue_id, reason, action = action.as_str(), "internal error");
     act(action, Failure::Internal)
+}
+
+/// The answer at end of headers when the From gate refused a message and
+/// `actions.bad_from` is `action` (what `rmilter explain` reports).
+pub fn refusal_reply(action: Action, refusal: Refusal) -> Reply {
+    act(action, Failure::BadFrom(refusal))
+}
+
+/// A message's outcome for the metrics: the answer Postfix gets.
+fn outcome(reply: &Reply, quarantined: bool) -> &'static str {
+    match reply {
+        Reply::Reject { .. } => "reject",
+        Reply::Tempfail { .. } => "tempfail",
+        _ if quarantined => "quarantine",
+        _ => "accept",
+    }
 }
 
 /// The reply for a configured action.

@@ -104,6 +104,12 @@ pub struct Evaluation {
 /// Where evaluation records go. Implementations must return at once.
 pub trait EvaluationSink: Send + Sync {
     fn record(&self, evaluation: Evaluation);
+
+    /// The store writer's counters, for the metrics endpoint; `None` for
+    /// sinks that keep no store.
+    fn stats(&self) -> Option<std::sync::Arc<sink::Stats>> {
+        None
+    }
 }
 
 /// Keeps no records.

@@ -82,7 +82,7 @@ enum Rua {
     TempError(String),
 }
 
-enum Authorised {
+pub(crate) enum Authorised {
     Yes,
     No(String),
     TempError(String),
@@ -482,7 +482,7 @@ async fn rua(dns: &HickoryDns, domain: &str) -> Rua {
 }
 
 /// RFC 9990 §4 "Verifying External Destinations".
-async fn authorised(dns: &HickoryDns, domain: &str, dest_domain: &str) -> Authorised {
+pub(crate) async fn authorised(dns: &HickoryDns, domain: &str, dest_domain: &str) -> Authorised {
     let name = format!("{domain}._report._dmarc.{dest_domain}");
     // Step 4: a name over the DNS limit cannot be authorised.
     if name.len() > 253 {

@@ -22,6 +22,26 @@ const LOG_EVERY: Duration = Duration::from_secs(60);
 /// How long the writer waits for a locked SQLite database.
 const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Counters of the daemon's scheduled `report send` runs
+/// (`report.schedule = "daemon"`), for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct ScheduledSends {
+    /// Report mails handed to the MTA.
+    pub sent: AtomicU64,
+    /// Hand-overs to the MTA that failed (retried by a later run).
+    pub failed: AtomicU64,
+    pub runs_ok: AtomicU64,
+    pub runs_failed: AtomicU64,
+}
+
+/// The daemon's scheduled sends (one scheduler per process).
+pub static SCHEDULED: ScheduledSends = ScheduledSends {
+    sent: AtomicU64::new(0),
+    failed: AtomicU64::new(0),
+    runs_ok: AtomicU64::new(0),
+    runs_failed: AtomicU64::new(0),
+};
+
 /// Counters of the report writer.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -115,6 +135,10 @@ impl EvaluationSink for StoreSink {
             Err(TrySendError::Full(_)) => self.stats.drop_records(1, "queue full"),
             Err(TrySendError::Disconnected(_)) => self.stats.drop_records(1, "writer not running"),
         }
+    }
+
+    fn stats(&self) -> Option<Arc<Stats>> {
+        Some(self.stats.clone())
     }
 }
 
@@ -339,8 +363,20 @@ fn schedule(settings: &ReportSettings, dns: &crate::config::DnsSettings) {
         std::thread::sleep(Duration::from_secs((wake - now).max(1) as u64));
         let options = super::send::Options::default();
         match super::send::run(settings, dns, &options, &mut std::io::sink()) {
-            Ok(summary) => info!(summary = %summary.line(false), "scheduled report send done"),
-            Err(e) => warn!(error = format!("{e:#}"), "scheduled report send failed"),
+            Ok(summary) => {
+                SCHEDULED.runs_ok.fetch_add(1, Ordering::Relaxed);
+                SCHEDULED
+                    .sent
+                    .fetch_add(summary.sent as u64, Ordering::Relaxed);
+                SCHEDULED
+                    .failed
+                    .fetch_add(summary.failed as u64, Ordering::Relaxed);
+                info!(summary = %summary.line(false), "scheduled report send done")
+            }
+            Err(e) => {
+                SCHEDULED.runs_failed.fetch_add(1, Ordering::Relaxed);
+                warn!(error = format!("{e:#}"), "scheduled report send failed")
+            }
         }
     }
 }

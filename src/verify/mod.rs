@@ -152,7 +152,7 @@ impl Verifier {
 }
 
 /// Whether any lookup of a verdict ran into a timeout.
-fn timed_out(verdict: &Verdict) -> bool {
+pub fn timed_out(verdict: &Verdict) -> bool {
     let t = |reason: &str| reason.contains("timed out") || reason.contains("time budget");
     t(&verdict.spf_mail_from.reason)
         || t(&verdict.spf_helo.reason)

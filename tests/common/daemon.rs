@@ -16,10 +16,18 @@ pub struct Daemon {
 impl Daemon {
     /// `rmilter run ARGS`, with RUST_LOG unset so the configured level applies.
     pub fn start(args: &[&str]) -> Daemon {
+        Daemon::start_with_env(args, &[])
+    }
+
+    /// Like [`Daemon::start`], with these environment variables set (for
+    /// example `NOTIFY_SOCKET`).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rmilter"))
             .arg("run")
             .args(args)
             .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()

@@ -34,6 +34,15 @@ use std::time::Duration;
 
 pub use hickory::HickoryDns;
 
+/// For `rmilter doctor`: `None` when a TXT record is not an SPF record
+/// (RFC 7208 §4.5), else whether it parses, with the reason it does not.
+pub fn record_syntax(txt: &[u8]) -> Option<Result<(), String>> {
+    if !record::is_spf_record(txt) {
+        return None;
+    }
+    Some(record::parse(txt).map(|_| ()).map_err(|e| e.to_string()))
+}
+
 /// The result of one DNS query as SPF needs it (RFC 7208 §4.4, §5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup<T> {
