@@ -43,6 +43,11 @@ impl ConfigRef {
 
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(config_ref: ConfigRef, runtime: Runtime) -> anyhow::Result<()> {
+    // Signals are caught before the pid file, the first log line or the
+    // readiness notification can tell anyone where to send them: a SIGHUP
+    // (`systemctl reload`, `rmilter keys activate`) arriving earlier would
+    // kill the process.
+    let handlers = install_signal_handlers();
     let config = runtime.config.clone();
     match &config.source {
         Source::Embedded if runtime.keys.is_empty() => info!(
@@ -114,7 +119,7 @@ pub async fn run(config_ref: ConfigRef, runtime: Runtime) -> anyhow::Result<()> 
         "rmilter ready"
     );
     notify::ready(&ready);
-    let signals = tokio::spawn(handle_signals(config_ref, state.clone(), stop_tx));
+    let signals = tokio::spawn(handle_signals(handlers, config_ref, state.clone(), stop_tx));
     let Bound {
         listener,
         unix_path,
@@ -175,18 +180,36 @@ async fn log_health(state: Arc<MilterState>, every: Duration) {
     }
 }
 
-async fn handle_signals(config_ref: ConfigRef, state: Arc<MilterState>, stop: watch::Sender<bool>) {
+type SignalHandlers = (
+    tokio::signal::unix::Signal,
+    tokio::signal::unix::Signal,
+    tokio::signal::unix::Signal,
+);
+
+/// SIGHUP, SIGTERM and SIGINT, caught from this call on.
+fn install_signal_handlers() -> Option<SignalHandlers> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (mut hup, mut term, mut int) = match (
+    match (
         signal(SignalKind::hangup()),
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) {
-        (Ok(h), Ok(t), Ok(i)) => (h, t, i),
+        (Ok(h), Ok(t), Ok(i)) => Some((h, t, i)),
         _ => {
             error!("cannot install signal handlers; SIGHUP reload is unavailable");
-            return;
+            None
         }
+    }
+}
+
+async fn handle_signals(
+    handlers: Option<SignalHandlers>,
+    config_ref: ConfigRef,
+    state: Arc<MilterState>,
+    stop: watch::Sender<bool>,
+) {
+    let Some((mut hup, mut term, mut int)) = handlers else {
+        return;
     };
     loop {
         tokio::select! {
