@@ -4,7 +4,7 @@
 //! peer input.
 
 use super::MilterState;
-use super::session::{EomPlan, Reply, Session};
+use super::session::{EomPlan, NoReply, Reply, Session};
 use indymilter::{
     ActionError, Actions, Callbacks, Context, ContextActions, EomActions, EomContext, MacroStage,
     NegotiateContext, ProtoOpts, SetErrorReply, SmtpReply, SocketInfo, Status,
@@ -81,7 +81,9 @@ pub fn callbacks(state: Arc<MilterState>) -> Callbacks<Session> {
 
 /// Request exactly what rmilter uses: insert-header, the leading space of
 /// header values (so signed headers are reproduced byte for byte), no reply
-/// per header field when the MTA allows it, and the macros below.
+/// at connect, HELO, MAIL, per header field and per body chunk when the MTA
+/// allows it (rmilter answers only at end of headers and end of message),
+/// and the macros below.
 fn negotiate(
     cx: &mut NegotiateContext<Session>,
     state: Arc<MilterState>,
@@ -96,7 +98,13 @@ fn negotiate(
         return Status::Reject;
     }
     cx.requested_actions = wanted;
-    cx.requested_opts |= mta_opts & (ProtoOpts::LEADING_SPACE | ProtoOpts::NOREPLY_HEADER);
+    cx.requested_opts |= mta_opts
+        & (ProtoOpts::LEADING_SPACE
+            | ProtoOpts::NOREPLY_CONNECT
+            | ProtoOpts::NOREPLY_HELO
+            | ProtoOpts::NOREPLY_MAIL
+            | ProtoOpts::NOREPLY_HEADER
+            | ProtoOpts::NOREPLY_BODY);
     let granted = cx.requested_opts;
     for (stage, macros) in [
         (
@@ -114,7 +122,13 @@ fn negotiate(
     cx.data = Some(Session::new(
         state,
         granted.contains(ProtoOpts::LEADING_SPACE),
-        granted.contains(ProtoOpts::NOREPLY_HEADER),
+        NoReply {
+            connect: granted.contains(ProtoOpts::NOREPLY_CONNECT),
+            helo: granted.contains(ProtoOpts::NOREPLY_HELO),
+            mail: granted.contains(ProtoOpts::NOREPLY_MAIL),
+            header: granted.contains(ProtoOpts::NOREPLY_HEADER),
+            body: granted.contains(ProtoOpts::NOREPLY_BODY),
+        },
     ));
     Status::Continue
 }

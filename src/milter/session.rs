@@ -128,7 +128,7 @@ pub(super) struct Message {
 pub struct Session {
     state: Arc<MilterState>,
     leading_space: bool,
-    noreply_header: bool,
+    noreply: NoReply,
     client: Client,
     message: Option<Message>,
     /// Queue id of the last message, for log lines after it ended.
@@ -137,12 +137,32 @@ pub struct Session {
 
 const NOQUEUE: &str = "NOQUEUE";
 
+/// The stages the MTA agreed to send without waiting for an answer
+/// (SMFIP_NR_*). rmilter never refuses at these stages, so each skipped
+/// answer is a round trip saved per message (per body chunk, per field).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoReply {
+    pub connect: bool,
+    pub helo: bool,
+    pub mail: bool,
+    pub header: bool,
+    pub body: bool,
+}
+
+fn continue_or_noreply(noreply: bool) -> Reply {
+    if noreply {
+        Reply::Noreply
+    } else {
+        Reply::Continue
+    }
+}
+
 impl Session {
-    pub fn new(state: Arc<MilterState>, leading_space: bool, noreply_header: bool) -> Self {
+    pub fn new(state: Arc<MilterState>, leading_space: bool, noreply: NoReply) -> Self {
         Session {
             state,
             leading_space,
-            noreply_header,
+            noreply,
             client: Client::default(),
             message: None,
             last_queue_id: NOQUEUE.to_string(),
@@ -160,12 +180,12 @@ impl Session {
             helo: String::new(),
         };
         self.message = None;
-        Reply::Continue
+        continue_or_noreply(self.noreply.connect)
     }
 
     pub fn helo(&mut self, name: &str) -> Reply {
         self.client.helo = name.to_string();
-        Reply::Continue
+        continue_or_noreply(self.noreply.helo)
     }
 
     /// MAIL starts a new message: its state is created here from the
@@ -198,7 +218,7 @@ impl Session {
             hold: None,
             headers_done: false,
         });
-        Reply::Continue
+        continue_or_noreply(self.noreply.mail)
     }
 
     pub fn header(&mut self, name: &[u8], value: &[u8]) -> Reply {
@@ -233,11 +253,7 @@ impl Session {
                 });
             }
         }
-        if self.noreply_header {
-            Reply::Noreply
-        } else {
-            Reply::Continue
-        }
+        continue_or_noreply(self.noreply.header)
     }
 
     /// End of headers: decide the direction, run the From gate, then
@@ -369,8 +385,9 @@ impl Session {
     }
 
     pub fn body(&mut self, chunk: &[u8]) -> Reply {
+        let reply = continue_or_noreply(self.noreply.body);
         let Some(msg) = self.message.as_mut() else {
-            return Reply::Continue;
+            return reply;
         };
         if let Some(signer) = msg.signer.as_mut() {
             signer.body(chunk);
@@ -387,7 +404,7 @@ impl Session {
                 msg.spool_error = Some(e.to_string());
             }
         }
-        Reply::Continue
+        reply
     }
 
     /// End of message: finish the signatures (outbound) or verify and
