@@ -10,9 +10,31 @@ use std::path::{Path, PathBuf};
 use tokio::net::{TcpListener, UnixListener};
 use tracing::{info, warn};
 
+/// A TCP milter listener whose connections have Nagle's algorithm off.
+/// Every milter command waits for the answer to the one before: with
+/// Nagle a small answer written after a partial one waits for the MTA's
+/// delayed ACK (up to 40 ms on Linux) instead of leaving at once.
+pub struct NoDelay(pub TcpListener);
+
+impl indymilter::Listener for NoDelay {
+    type Io = tokio::net::TcpStream;
+
+    fn poll_accept(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<Self::Io>> {
+        self.0.poll_accept(cx).map_ok(|(stream, _)| {
+            if let Err(e) = stream.set_nodelay(true) {
+                warn!(error = %e, "cannot set TCP_NODELAY on a milter connection");
+            }
+            stream
+        })
+    }
+}
+
 /// A bound milter socket.
 pub struct Bound {
-    pub listener: EitherListener<TcpListener, UnixListener>,
+    pub listener: EitherListener<NoDelay, UnixListener>,
     /// The unix socket file to remove at exit.
     pub unix_path: Option<PathBuf>,
     /// The address actually bound (a port of 0 resolved).
@@ -42,7 +64,7 @@ pub fn bind(addr: &ListenAddr, socket: &SocketOptions) -> anyhow::Result<Bound> 
                 warn!(listen = %local, "listening on a non-loopback address: every host that can connect can have mail signed");
             }
             Ok(Bound {
-                listener: EitherListener::Tcp(listener),
+                listener: EitherListener::Tcp(NoDelay(listener)),
                 unix_path: None,
                 local,
             })
