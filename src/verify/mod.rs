@@ -10,6 +10,7 @@
 //! Nothing here reads a verdict from a header rmilter did not write.
 
 pub mod authres;
+pub mod cache;
 pub mod decision;
 pub mod dkim;
 pub mod spf;
@@ -19,6 +20,7 @@ use crate::identity::Author;
 use dkim::{DkimStatus, DkimVerdict};
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::{DmarcRecord, Policy};
+use mail_auth::dns::Parameters;
 use mail_auth::spf::SpfOutput;
 use mail_auth::{AuthenticatedMessage, DmarcResult, MessageAuthenticator};
 use spf::{SpfLimits, SpfOutcome, SpfResult};
@@ -28,6 +30,8 @@ use std::sync::Arc;
 /// The resolver-backed verifiers, built once per configuration.
 pub struct Verifier {
     authenticator: MessageAuthenticator,
+    /// Parsed DKIM keys and DMARC records, for this configuration's life.
+    caches: cache::Caches,
     spf_dns: spf::HickoryDns,
     health: Arc<crate::dns::ResolverHealth>,
     dns_timeout: std::time::Duration,
@@ -39,6 +43,7 @@ impl Verifier {
         let spf_dns = spf::HickoryDns::new(authenticator.resolver().clone());
         Ok(Verifier {
             authenticator,
+            caches: cache::Caches::new(dns.cache_size),
             spf_dns,
             health: Arc::default(),
             dns_timeout: dns.timeout,
@@ -238,7 +243,9 @@ impl Verifier {
         let outputs = if input.truncated {
             Vec::new()
         } else {
-            self.authenticator.verify_dkim(&message).await
+            self.authenticator
+                .verify_dkim(Parameters::new(&message).with_cache(&self.caches))
+                .await
         };
         let mut verdicts = pre.verdicts;
         let verified = if input.truncated {
@@ -279,7 +286,10 @@ impl Verifier {
         verdicts.extend(verified);
 
         let arc = if settings.arc && !message.arc_seals().is_empty() {
-            let out = self.authenticator.verify_arc(&message).await;
+            let out = self
+                .authenticator
+                .verify_arc(Parameters::new(&message).with_cache(&self.caches))
+                .await;
             ArcVerdict {
                 status: match out.result() {
                     mail_auth::DkimResult::Pass => "pass",
@@ -383,12 +393,15 @@ impl Verifier {
         };
         let out = self
             .authenticator
-            .verify_dmarc(DmarcParameters::new(
-                &author_message,
-                eligible,
-                &spf.domain,
-                &spf_input,
-            ))
+            .verify_dmarc(
+                Parameters::new(DmarcParameters::new(
+                    &author_message,
+                    eligible,
+                    &spf.domain,
+                    &spf_input,
+                ))
+                .with_cache(&self.caches),
+            )
             .await;
         if out.domain() != author {
             dmarc.reason = format!("DMARC evaluated {:?} instead of {author}", out.domain());
