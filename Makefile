@@ -4,7 +4,7 @@
 CARGO ?= cargo
 CARGO_FLAGS ?= --ignore-rust-version
 
-.PHONY: build release test lint fmt run clean
+.PHONY: build release test lint fmt run clean bench
 
 build:
 	$(CARGO) build $(CARGO_FLAGS)
@@ -22,6 +22,12 @@ test:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(CARGO_FLAGS) --all-targets -- -D warnings
+
+# Criterion micro-benchmarks of the hot paths (message assembly, From
+# gate, Authentication-Results writer, signer). The end-to-end comparison
+# with OpenDKIM + OpenDMARC is benches/run.sh (see BENCHMARKS.md).
+bench:
+	$(CARGO) bench $(CARGO_FLAGS) --bench hot_paths
 
 fmt:
 	$(CARGO) fmt --all
