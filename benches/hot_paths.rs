@@ -93,7 +93,17 @@ fn results_writer(c: &mut Criterion) {
 }
 
 fn signer(c: &mut Criterion) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("keys.example/example.com");
+    // A checkout leaves the example keys 0644, which rmilter refuses to
+    // load: sign with private copies.
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("keys.example/example.com");
+    let private = tempfile::tempdir().expect("temporary directory");
+    let dir = private.path();
+    for file in ["ed2026.pem", "rsa2026.pem"] {
+        let copy = dir.join(file);
+        std::fs::copy(examples.join(file), &copy).expect("copy example key");
+        std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod 600");
+    }
     let key = |file: &str, selector: &str| {
         Arc::new(
             LoadedKey::load(&KeySpec {
