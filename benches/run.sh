@@ -13,13 +13,15 @@
 #      sessions, for every size x mode x repetition, rmilter and the incumbents interleaved;
 #      each milter process is started fresh per measurement; the first repetition checks that
 #      the milter really signed / verified (DKIM-Signature, dkim=pass spf=pass dmarc=pass);
-#      `openssl speed` gives the raw RSA-2048 / Ed25519 signature cost once per repetition.
+#      `openssl speed` gives the raw RSA-2048 / Ed25519 signature cost and SHA-256 throughput
+#      once per repetition.
 #   2. through Postfix (2 KB): smtp-source -> Postfix smtpd -> milter(s) -> qmgr/smtp -> smtp-sink,
-#      no-milter baseline and every mode for both implementations, interleaved, per repetition;
+#      no-milter baseline (first and last in each repetition) and every mode for both
+#      implementations, interleaved, per repetition;
 #      the delivered headers of the first repetition are checked like above.
 # Prints a markdown report (medians, rmilter/peer ratios, PASS/FAIL per target, how busy the
 # machine was); raw JSON and the report go to $BENCH_ROOT/results/<runid>/.
-# --quick: 1 repetition, 2k only, small counts (smoke test, ~3 minutes).
+# --quick: 1 repetition, 2k only, small counts (smoke test, ~2-3 minutes).
 # Exit status: 0 measured (targets may still FAIL: see the report), 1 setup/sanity error,
 # 3 some run had errors (listed under "Failures").
 set -euo pipefail
@@ -98,6 +100,8 @@ json.dump({"runid": os.environ["RUNID"], "date": datetime.datetime.now(datetime.
            "git": os.environ["GIT"], "host": platform.node(), "cpu": cpu, "ncpu": os.cpu_count(),
            "kernel": platform.release(), "rmilter": sh(os.environ["RMILTER"], "--version") or os.environ["RMILTER"],
            "opendkim": ver("opendkim"), "opendmarc": ver("opendmarc"), "postfix": ver("postfix"), "nsd": ver("nsd"),
+           "messages": {f: os.path.getsize(os.path.join(os.environ["BENCH_ROOT"], "msgs", f))
+                        for f in sorted(os.listdir(os.path.join(os.environ["BENCH_ROOT"], "msgs")))},
            "args": os.environ["ARGS"]}, open(sys.argv[1], "w"), indent=1)
 EOF
   echo "run.sh: run $RUNID -> $OUT" >&2
