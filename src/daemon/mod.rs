@@ -125,7 +125,9 @@ pub async fn run(config_ref: ConfigRef, runtime: Runtime) -> anyhow::Result<()> 
         unix_path,
         local: _,
     } = bound;
-    let result = serve(listener, state, wait_true(stop_rx)).await;
+    let result = serve(listener, state.clone(), wait_true(stop_rx)).await;
+    // The last evaluation records reach the store before the process ends.
+    state.sink().finish(Duration::from_secs(2));
     signals.abort();
     remove_socket(unix_path.as_deref());
     result.map_err(Into::into)

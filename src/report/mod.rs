@@ -110,6 +110,10 @@ pub trait EvaluationSink: Send + Sync {
     fn stats(&self) -> Option<std::sync::Arc<sink::Stats>> {
         None
     }
+
+    /// At shutdown: wait (at most `timeout`) until every record handed
+    /// over has been written or dropped.
+    fn finish(&self, _timeout: std::time::Duration) {}
 }
 
 /// Keeps no records.
