@@ -146,6 +146,18 @@ pub(super) async fn finish(
         return plan;
     }
     let mut spool = msg.spool.take();
+    // A spooled message waits for its turn (bounded memory), but never
+    // longer than the verification time budget: after that it goes ahead
+    // rather than run into the MTA's timeout.
+    let _turn = match spool.as_ref() {
+        Some(s) if s.is_spooled() => {
+            tokio::time::timeout(config.verify.time_budget, state.spooled_turn())
+                .await
+                .ok()
+                .flatten()
+        }
+        _ => None,
+    };
     let contents = match spool.as_mut().map(|s| s.contents()).transpose() {
         Ok(contents) => contents,
         Err(e) => {

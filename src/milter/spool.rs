@@ -46,7 +46,7 @@ impl Spool {
         self.len
     }
 
-    #[cfg(test)]
+    /// Whether the message went to the spool file (beyond the memory limit).
     pub(super) fn is_spooled(&self) -> bool {
         self.file.is_some()
     }
