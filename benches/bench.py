@@ -815,10 +815,23 @@ def report(out):
     for r in pfr:
         P.setdefault((r["mode"], r["impl"]), []).append(r)
     base = med([r["e2e_msgs_per_s"] for r in P.get(("baseline", "baseline"), [])])
+
+    def paired(rs):
+        """Median over runs of e2e / the mean of the same repetition's baselines (which open
+        and close it): the host's speed drifts between repetitions, so a run is compared with
+        the baselines measured minutes from it, not with the median of all of them."""
+        vals = []
+        for r in rs:
+            bs = [b["e2e_msgs_per_s"] for b in P.get(("baseline", "baseline"), []) if b["rep"] == r["rep"]]
+            if bs:
+                vals.append(r["e2e_msgs_per_s"] / (sum(bs) / len(bs)))
+        return med(vals) if vals else None
     if pfr:
         n0 = pfr[0]
         p(f"## Through Postfix (2 KB; smtp-source, {n0['sessions']} sessions → Postfix smtpd → milter(s) → "
           f"qmgr/smtp → smtp-sink; medians)")
+        p("")
+        p("The ratio is paired: each run against the mean of its own repetition's baselines, then the median.")
         p("")
         p("| mode | impl | reps × msgs | e2e msgs/s | ratio vs no-milter baseline | milter CPU ms/msg | Postfix CPU ms/msg | milter peak RSS MiB | outside CPU s max |")
         p("|---|---|---|---|---|---|---|---|---|")
@@ -832,7 +845,7 @@ def report(out):
                 busy = sum(1 for r in rs if r["outside"]["outside_cpu_s"] > 0.05 * r["outside"]["window_s"])
                 e2e = med([r["e2e_msgs_per_s"] for r in rs])
                 flag = (f" ({bad} bad)" if bad else "") + (f" ({busy} busy)" if busy else "")
-                p(f"| {m} | {impl} | {len(rs)}×{rs[0]['count']}{flag} | {fmt(e2e, 0)} | {fmt(ratio(e2e, base))} | "
+                p(f"| {m} | {impl} | {len(rs)}×{rs[0]['count']}{flag} | {fmt(e2e, 0)} | {fmt(paired(rs))} | "
                   f"{fmt(med([r['milter_cpu_ms_per_msg'] for r in rs]), 3) if impl != 'baseline' else '-'} | "
                   f"{fmt(med([r['cpu_ms_per_msg_by_proc'].get('postfix') for r in rs]), 3)} | "
                   f"{fmt(max(r['milter_peak_rss_kib'] for r in rs) / 1024, 1) if impl != 'baseline' else '-'} | "
@@ -847,14 +860,22 @@ def report(out):
         a, b = M.get((s, "verify", "rmilter")), M.get((s, "verify", "peer"))
         if a and b:
             r_ = ratio(a["cpu"], b["cpu"])
-            target(r_ <= 0.2, f"verify {s}: milter CPU/msg rmilter {fmt(a['cpu'], 3)} ms / OpenDKIM+OpenDMARC "
-                   f"{fmt(b['cpu'], 3)} ms = {fmt(r_, 3)} (target ≤ 0.200)")
+            text = (f"verify {s}: milter CPU/msg rmilter {fmt(a['cpu'], 3)} ms / OpenDKIM+OpenDMARC "
+                    f"{fmt(b['cpu'], 3)} ms = {fmt(r_, 3)}")
+            if s == "2k":
+                target(r_ <= 0.2, text + " (target ≤ 0.200)")
+            else:
+                T.append(f"- info: {text} (the target is for 2 KB mail)")
     for s in sizes:
         a, b = M.get((s, "sign-ed25519", "rmilter")), M.get((s, "sign-ed25519", "peer"))
         if a and b:
             r_ = ratio(a["cpu"], b["cpu"])
-            target(r_ <= 1 / 6, f"Ed25519 sign {s}: milter CPU/msg rmilter {fmt(a['cpu'], 3)} ms / OpenDKIM "
-                   f"{fmt(b['cpu'], 3)} ms = {fmt(r_, 3)} (target ≤ 0.167)")
+            text = (f"Ed25519 sign {s}: milter CPU/msg rmilter {fmt(a['cpu'], 3)} ms / OpenDKIM "
+                    f"{fmt(b['cpu'], 3)} ms = {fmt(r_, 3)}")
+            if s == "2k":
+                target(r_ <= 1 / 6, text + " (target ≤ 0.167)")
+            else:
+                T.append(f"- info: {text} (the target is for 2 KB mail)")
     for s in sizes:
         a = M.get((s, "sign-rsa", "rmilter"))
         if a and rsa_raw:
@@ -872,10 +893,11 @@ def report(out):
     for m, lim in (("verify", 0.75), ("sign-ed25519", 0.75), ("sign-rsa", 0.65)):
         rs = P.get((m, "rmilter"))
         if rs and base:
-            e = med([r["e2e_msgs_per_s"] for r in rs])
-            pe = med([r["e2e_msgs_per_s"] for r in P.get((m, "peer"), [])])
-            target(e / base >= lim, f"Postfix 2k {m}: e2e rmilter {fmt(e, 0)} msgs/s / no-milter baseline "
-                   f"{fmt(base, 0)} msgs/s = {fmt(e / base)} (target ≥ {lim}; peer: {fmt(ratio(pe, base))})")
+            e, q = med([r["e2e_msgs_per_s"] for r in rs]), paired(rs)
+            pq = paired(P.get((m, "peer"), []))
+            target(q is not None and q >= lim, f"Postfix 2k {m}: e2e rmilter {fmt(e, 0)} msgs/s vs its "
+                   f"repetitions' no-milter baselines (median {fmt(base, 0)} msgs/s) = {fmt(q)} "
+                   f"(paired median; target ≥ {lim}; peer: {fmt(pq)})")
     r2 = [(k, v) for k, v in M.items() if k[0] == "2k" and k[2] == "rmilter"]
     if r2:
         worst = max(r2, key=lambda kv: kv[1]["rss"])
