@@ -12,16 +12,20 @@ build:
 release:
 	$(CARGO) build --release $(CARGO_FLAGS)
 
-# Unit, milter-protocol and real-Postfix end-to-end tests. tests/deps.sh
-# installs the Debian packages they use (Postfix, dkimpy, OpenDKIM) when
-# missing; the Postfix tests run as root.
+# Unit, milter-protocol and real-Postfix end-to-end tests, then the unit
+# tests of the load generator (benches/milterload, its own crate).
+# tests/deps.sh installs the Debian packages they use (Postfix, dkimpy,
+# OpenDKIM) when missing; the Postfix tests run as root.
 test:
 	bash tests/deps.sh
 	$(CARGO) test $(CARGO_FLAGS) -- --test-threads=4
+	$(CARGO) test $(CARGO_FLAGS) --manifest-path benches/milterload/Cargo.toml
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(CARGO_FLAGS) --all-targets -- -D warnings
+	$(CARGO) fmt --manifest-path benches/milterload/Cargo.toml -- --check
+	$(CARGO) clippy $(CARGO_FLAGS) --manifest-path benches/milterload/Cargo.toml --all-targets -- -D warnings
 
 # Criterion micro-benchmarks of the hot paths (message assembly, From
 # gate, Authentication-Results writer, signer). The end-to-end comparison
