@@ -182,14 +182,28 @@ impl DomainState {
 
     /// Active keys for which a more recently activated key of the same
     /// algorithm is active too: the old halves of an overlap.
+    ///
+    /// Times are kept to the second, so two keys activated in the same
+    /// second (a script running rotate and activate --force back to back)
+    /// are ordered by their place in the state: keys are appended as they
+    /// are created.
     pub fn superseded(&self) -> Vec<String> {
-        let order = |k: &ManagedKey| (k.activated.unwrap_or(k.created), k.created);
-        self.signing()
+        let signing: Vec<(usize, &ManagedKey)> = self
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.state.signs())
+            .collect();
+        let order =
+            |(i, k): &(usize, &ManagedKey)| (k.activated.unwrap_or(k.created), k.created, *i);
+        signing
+            .iter()
             .filter(|old| {
-                self.signing()
-                    .any(|new| new.algorithm == old.algorithm && order(new) > order(old))
+                signing
+                    .iter()
+                    .any(|new| new.1.algorithm == old.1.algorithm && order(new) > order(old))
             })
-            .map(|k| k.selector.clone())
+            .map(|(_, k)| k.selector.clone())
             .collect()
     }
 

@@ -25,6 +25,16 @@ fn states(st: &DomainState) -> Vec<(&str, KeyState)> {
 }
 
 #[test]
+fn keys_activated_in_the_same_second_are_ordered_by_creation() {
+    let mut st = DomainState::empty("example.com");
+    st.add_pending("first", KeyAlgorithm::Ed25519, 256, "first.pem", t(0));
+    st.add_pending("second", KeyAlgorithm::Ed25519, 256, "second.pem", t(0));
+    st.activate("first", t(0)).unwrap();
+    st.activate("second", t(0)).unwrap();
+    assert_eq!(st.superseded(), ["first"]);
+}
+
+#[test]
 fn a_full_rotation_walks_every_state() {
     use KeyState::*;
     let mut st = domain();
