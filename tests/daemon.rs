@@ -1,6 +1,6 @@
 //! The daemon as administrators run it: the `rmilter run` process, its
-//! first log line, SIGHUP reload (good and bad), and SIGTERM with a
-//! message in progress.
+//! first log line, SIGHUP reload (good and bad), SIGTERM with a message
+//! in progress, and the report store flushed before exit.
 
 mod common;
 
@@ -247,4 +247,52 @@ async fn a_hundred_reloads_under_load() {
     );
     daemon.signal("TERM");
     assert!(daemon.wait_exit().success());
+}
+
+/// The report store writer gathers records before each transaction; a
+/// SIGTERM right after a message must still leave its record in the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn evaluation_records_reach_the_store_before_exit() {
+    let dns = common::dns::TestDns::start(
+        common::dns::Zone::new()
+            .txt("sender.example", "v=spf1 ip4:192.0.2.2 -all")
+            .txt("_dmarc.sender.example", "v=DMARC1; p=none"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let store = dir.path().join("reports.db");
+    let config = dir.path().join("rmilter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"inet:127.0.0.1:{port}\"\nauthserv_id = \"mx.example.org\"\n\
+             [dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\n\
+             [report]\nenabled = true\nstore = \"{}\"\nreporting_domain = \"example.org\"\n",
+            dns.addr(),
+            store.display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&["-c", config.to_str().unwrap()]);
+    daemon.wait_log("rmilter ready", 1);
+    let mut env = Envelope::inbound();
+    env.client_addr = "192.0.2.2:40000".parse().unwrap();
+    env.mail_from = "<sam@sender.example>".into();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    for i in 0..3 {
+        let raw = message("sam@sender.example", &format!("last words {i}"), "x\r\n");
+        let out = drive::drive(addr, &env, &raw).await;
+        assert_eq!(out.status, indymilter_test::Status::Continue);
+    }
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit().success());
+    let db = rusqlite::Connection::open(&store).unwrap();
+    let count: i64 = db
+        .query_row(
+            "SELECT COALESCE(SUM(count), 0) FROM report_rows WHERE policy_domain = 'sender.example'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(count, 3, "records lost at shutdown");
 }

@@ -279,6 +279,81 @@ async fn a_120_mb_message_is_spooled_verified_and_never_escapes_dmarc() {
     );
 }
 
+/// Spool files of this process under `dir` currently mapped into memory.
+fn mapped_spool_files_in(dir: &std::path::Path) -> usize {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let dir = dir.to_string_lossy();
+    let mut files: Vec<&str> = maps
+        .lines()
+        .filter_map(|l| l.find('/').map(|i| &l[i..]))
+        .filter(|path| path.starts_with(&*dir) && path.ends_with("(deleted)"))
+        .collect();
+    files.sort_unstable();
+    files.dedup();
+    files.len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_spooled_messages_are_verified_two_at_a_time() {
+    let (dns, keys) = world();
+    let spool = tempfile::tempdir().unwrap();
+    let milter = TestMilter::start_toml(&config(
+        &dns,
+        &format!(
+            "[limits]\nmemory_bytes = 65536\nspool_dir = \"{}\"\n",
+            spool.path().display()
+        ),
+    ));
+    let line = "spooled message body line, long enough to add up quickly...........\r\n";
+    let body = line.repeat(3 * 1024 * 1024 / line.len());
+    let signed = sign(
+        &keys.keys[0],
+        &common::message("alice@sender.example", "spooled", &body),
+        &SignOptions::default(),
+    );
+    drop(body);
+    // Count the mapped spool files while six large messages end at once.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (dir, stop) = (spool.path().to_path_buf(), stop.clone());
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                most = most.max(mapped_spool_files_in(&dir));
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            most
+        })
+    };
+    let addr = milter.inet_addr();
+    let sends: Vec<_> = (0..6)
+        .map(|_| {
+            let signed = signed.clone();
+            tokio::spawn(async move { drive::drive(addr, &outside(), &signed).await })
+        })
+        .collect();
+    // A small message is not held up by the large ones' turns.
+    still_serving(addr).await;
+    for send in sends {
+        let out = send.await.unwrap();
+        assert_eq!(out.status, Status::Continue, "{:?}", out.status);
+        let ar = out.inserted("Authentication-Results")[0].replace("\n\t", " ");
+        assert!(
+            ar.contains("dkim=pass") && ar.contains("dmarc=pass"),
+            "{ar}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let most = watcher.join().unwrap();
+    assert!(most <= 2, "{most} spooled messages were mapped at once");
+    assert!(most >= 1, "no spooled message was ever seen mapped");
+    assert_eq!(
+        open_deleted_files_in(spool.path()),
+        0,
+        "spool file left open"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn over_the_size_cap_dkim_is_a_temperror_and_forgeries_still_fail() {
     let (dns, keys) = world();
