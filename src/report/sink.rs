@@ -19,8 +19,9 @@ use tracing::{info, warn};
 const BATCH: usize = 1000;
 /// How long the writer gathers records after the first one before it
 /// writes them in one transaction. Without it, a steady flow of mail (a
-/// record every few milliseconds) meant one transaction per record; with
-/// it, one per 100 ms whatever the rate, and records wait no longer.
+/// record every few milliseconds) meant one transaction and one writer
+/// wake-up per record; with it, one per 100 ms whatever the rate, and
+/// records wait no longer.
 const GATHER: Duration = Duration::from_millis(100);
 /// Least time between two "records dropped" log lines.
 const LOG_EVERY: Duration = Duration::from_secs(60);
@@ -164,17 +165,23 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: Receiver<Evaluation>) {
+        let mut backlog = false;
         while let Ok(first) = rx.recv() {
-            let deadline = Instant::now() + GATHER;
+            // Sleep out the window rather than wait on the queue: a writer
+            // blocked in recv is woken (a thread switch) by every record the
+            // milter sends; a sleeping one is not.
+            if !backlog {
+                std::thread::sleep(GATHER);
+            }
             let mut batch = vec![first];
             while batch.len() < BATCH {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
+                match rx.try_recv() {
                     Ok(e) => batch.push(e),
-                    // Deadline passed, or the sink is gone: write now.
                     Err(_) => break,
                 }
             }
+            // A full batch may have left more behind: write on at once.
+            backlog = batch.len() == BATCH;
             self.write(&batch);
         }
     }
