@@ -759,6 +759,52 @@ impl<'a> Session<'a> {
     /// On Err the session must be dropped (its protocol state is unknown).
     // Milter indexes address both the connections and the per-milter verdicts.
     #[allow(clippy::needless_range_loop)]
+    /// One envelope event (MAIL, DATA) to every milter still in the
+    /// transaction, in order, as Postfix's milter_*_event do: a milter that
+    /// accepts gets no more events for this message, and the first refusal
+    /// ends the transaction for the milters after it.
+    #[allow(clippy::too_many_arguments)]
+    fn envelope_event(
+        &mut self,
+        stage: Stage,
+        vals: &MacroValues,
+        cmd: u8,
+        args: &[&[u8]],
+        latency: usize,
+        last: &mut [Outcome],
+        res: &mut MsgResult,
+    ) -> Result<Option<(Outcome, Option<String>)>, Failure> {
+        for i in 0..self.opts.milters.len() {
+            if !self.in_envelope(i) {
+                continue;
+            }
+            let t0 = Instant::now();
+            let (v, answered) = self.event(i, Some(stage), vals, cmd, args, false, res)?;
+            res.mark(latency, answered, t0);
+            match v {
+                Verdict::Go | Verdict::Skip => {}
+                Verdict::Accept => self.accept_message(i, last),
+                Verdict::Stop(o, t) => return Ok(Some((o, t))),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Milter `i` accepted the message: no more events for it.
+    fn accept_message(&mut self, i: usize, last: &mut [Outcome]) {
+        if let Some(conn) = self.conns[i].as_mut() {
+            conn.state = State::AcceptMsg;
+        }
+        last[i] = Outcome::Accept;
+    }
+
+    /// Whether milter `i` still takes envelope events for this message.
+    fn in_envelope(&self, i: usize) -> bool {
+        self.conns[i]
+            .as_ref()
+            .is_some_and(|c| c.state == State::Envelope)
+    }
+
     pub fn transaction(&mut self, msg: &Message) -> Result<MsgResult, Failure> {
         let opts = self.opts;
         let mut res = MsgResult::new();
@@ -785,16 +831,8 @@ impl<'a> Session<'a> {
         };
         // Per-milter verdict for this message; a milter that accepted gets no more events.
         let mut last: Vec<Outcome> = vec![Outcome::Continue; n];
-        let active = |s: &Session, i: usize| {
-            s.conns[i]
-                .as_ref()
-                .map(|c| c.state == State::Envelope)
-                .unwrap_or(false)
-        };
-        let mut ended: Option<(Outcome, Option<String>)> = None;
-
         // MAIL: each milter in order (milter_mail_event).
-        {
+        let mut ended = {
             let vals = MacroValues {
                 opts,
                 queue_id: &qid,
@@ -802,34 +840,16 @@ impl<'a> Session<'a> {
                 rcpt_addr: "",
                 client_port: self.client_port,
             };
-            for i in 0..n {
-                if !active(self, i) {
-                    continue;
-                }
-                let t0 = Instant::now();
-                let (v, answered) = self.event(
-                    i,
-                    Some(Stage::Mail),
-                    &vals,
-                    wire::C_MAIL,
-                    &[mail_arg.as_bytes()],
-                    false,
-                    &mut res,
-                )?;
-                res.mark(L_MAIL, answered, t0);
-                match v {
-                    Verdict::Go | Verdict::Skip => {}
-                    Verdict::Accept => {
-                        self.conns[i].as_mut().unwrap().state = State::AcceptMsg;
-                        last[i] = Outcome::Accept;
-                    }
-                    Verdict::Stop(o, t) => {
-                        ended = Some((o, t));
-                        break;
-                    }
-                }
-            }
-        }
+            self.envelope_event(
+                Stage::Mail,
+                &vals,
+                wire::C_MAIL,
+                &[mail_arg.as_bytes()],
+                L_MAIL,
+                &mut last,
+                &mut res,
+            )?
+        };
 
         // RCPT: each recipient to each milter; a refused recipient is not offered to the
         // milters after the one that refused it; no recipient left ends the transaction.
@@ -847,7 +867,7 @@ impl<'a> Session<'a> {
                 let arg = format!("<{rcpt}>");
                 let mut ok = true;
                 for i in 0..n {
-                    if !active(self, i) {
+                    if !self.in_envelope(i) {
                         continue;
                     }
                     let t0 = Instant::now();
@@ -863,10 +883,7 @@ impl<'a> Session<'a> {
                     res.mark(L_RCPT, answered, t0);
                     match v {
                         Verdict::Go | Verdict::Skip => {}
-                        Verdict::Accept => {
-                            self.conns[i].as_mut().unwrap().state = State::AcceptMsg;
-                            last[i] = Outcome::Accept;
-                        }
+                        Verdict::Accept => self.accept_message(i, &mut last),
                         Verdict::Stop(Outcome::Discard, t) => {
                             ended = Some((Outcome::Discard, t));
                             break;
@@ -899,33 +916,15 @@ impl<'a> Session<'a> {
                 rcpt_addr: "",
                 client_port: self.client_port,
             };
-            for i in 0..n {
-                if !active(self, i) {
-                    continue;
-                }
-                let t0 = Instant::now();
-                let (v, answered) = self.event(
-                    i,
-                    Some(Stage::Data),
-                    &vals,
-                    wire::C_DATA,
-                    &[],
-                    false,
-                    &mut res,
-                )?;
-                res.mark(L_DATA, answered, t0);
-                match v {
-                    Verdict::Go | Verdict::Skip => {}
-                    Verdict::Accept => {
-                        self.conns[i].as_mut().unwrap().state = State::AcceptMsg;
-                        last[i] = Outcome::Accept;
-                    }
-                    Verdict::Stop(o, t) => {
-                        ended = Some((o, t));
-                        break;
-                    }
-                }
-            }
+            ended = self.envelope_event(
+                Stage::Data,
+                &vals,
+                wire::C_DATA,
+                &[],
+                L_DATA,
+                &mut last,
+                &mut res,
+            )?;
         }
 
         // Content: cleanup runs the milters one after another over the whole message, each
@@ -939,8 +938,8 @@ impl<'a> Session<'a> {
                 rcpt_addr: "",
                 client_port: self.client_port,
             };
-            for i in 0..n {
-                if !active(self, i) {
+            for (i, verdict) in last.iter_mut().enumerate() {
+                if !self.in_envelope(i) {
                     continue;
                 }
                 let cur = edited.as_ref().unwrap_or(msg);
@@ -951,7 +950,7 @@ impl<'a> Session<'a> {
                 };
                 match v {
                     Verdict::Go | Verdict::Skip => {}
-                    Verdict::Accept => last[i] = Outcome::Accept,
+                    Verdict::Accept => *verdict = Outcome::Accept,
                     Verdict::Stop(o, t) => {
                         ended = Some((o, t));
                         break;
