@@ -204,6 +204,19 @@ async fn header_bombs_are_refused_with_552() {
     }
 }
 
+/// A milter that spools every message over 64 KiB into its own directory.
+fn spooling_milter(dns: &TestDns) -> (TestMilter, tempfile::TempDir) {
+    let spool = tempfile::tempdir().unwrap();
+    let milter = TestMilter::start_toml(&config(
+        dns,
+        &format!(
+            "[limits]\nmemory_bytes = 65536\nspool_dir = \"{}\"\n",
+            spool.path().display()
+        ),
+    ));
+    (milter, spool)
+}
+
 /// Files of this process under `dir` that are open but deleted: the spool.
 fn open_deleted_files_in(dir: &std::path::Path) -> usize {
     std::fs::read_dir("/proc/self/fd")
@@ -219,14 +232,7 @@ fn open_deleted_files_in(dir: &std::path::Path) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_120_mb_message_is_spooled_verified_and_never_escapes_dmarc() {
     let (dns, keys) = world();
-    let spool = tempfile::tempdir().unwrap();
-    let milter = TestMilter::start_toml(&config(
-        &dns,
-        &format!(
-            "[limits]\nmemory_bytes = 65536\nspool_dir = \"{}\"\n",
-            spool.path().display()
-        ),
-    ));
+    let (milter, spool) = spooling_milter(&dns);
     let line =
         "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghij\r\n";
     let body = line.repeat(120 * 1024 * 1024 / line.len());
@@ -296,14 +302,7 @@ fn mapped_spool_files_in(dir: &std::path::Path) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_spooled_messages_are_verified_two_at_a_time() {
     let (dns, keys) = world();
-    let spool = tempfile::tempdir().unwrap();
-    let milter = TestMilter::start_toml(&config(
-        &dns,
-        &format!(
-            "[limits]\nmemory_bytes = 65536\nspool_dir = \"{}\"\n",
-            spool.path().display()
-        ),
-    ));
+    let (milter, spool) = spooling_milter(&dns);
     let line = "spooled message body line, long enough to add up quickly...........\r\n";
     let body = line.repeat(3 * 1024 * 1024 / line.len());
     let signed = sign(
