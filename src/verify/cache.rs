@@ -49,13 +49,10 @@ impl TxtCache {
     }
 
     /// Names currently held.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.entries.run_pending_tasks();
         self.entries.entry_count() as usize
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -65,10 +62,8 @@ impl ResolverCache<Box<str>, TxtRecord> for TxtCache {
         Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.entries
-            .get(name)
-            .filter(|(_, until)| *until > Instant::now())
-            .map(|(record, _)| record)
+        // moka never returns an entry past its expiry (UntilValid).
+        self.entries.get(name).map(|(record, _)| record)
     }
 
     fn remove<Q>(&self, name: &Q) -> Option<TxtRecord>
