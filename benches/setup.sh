@@ -34,12 +34,10 @@ case "$BENCH_ROOT" in /|/etc|/etc/*|/usr|/usr/*|/var|/var/*|/tmp|/tmp/*|/proc*|/
 [ "$(id -u)" = 0 ] || { echo "setup.sh: needs root (packages, private Postfix, network namespace)" >&2; exit 1; }
 
 # --- cargo ------------------------------------------------------------------------------------
-# Target dir: $CARGO_TARGET_DIR, else the team's shared /work/rmilter-target when it exists,
-# else the repository's target/.  --ignore-rust-version: mail-auth 0.15 pulls mail-parser 1.0,
+# Target dir: $CARGO_TARGET_DIR, else the repository's target/.  --ignore-rust-version: mail-auth 0.15 pulls mail-parser 1.0,
 # which declares rust-version 1.98 but builds with older toolchains (see the Makefile).
 target_dir() {
   if [ -n "${CARGO_TARGET_DIR:-}" ]; then echo "$CARGO_TARGET_DIR"
-  elif [ -d /work/rmilter-target ]; then echo /work/rmilter-target
   else echo "$REPO/target"; fi
 }
 build() {

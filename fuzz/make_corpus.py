@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Build the fuzz seed corpus (fuzz/corpus/<target>/) from the shared test
-data (../shared/testdata, third-party: see fuzz/corpus/README.md for origins
+data (tests/data/third-party, third-party: see fuzz/corpus/README.md for origins
 and licenses) and rmilter's own test files (tests/corpus, config/,
 tests/config/bad). Each target's input format is documented in
 tests/properties/checks.rs (the input_* functions).
@@ -19,7 +19,7 @@ import shutil
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTDATA = sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "..", "shared", "testdata")
+TESTDATA = sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "tests", "data", "third-party")
 OUT = os.path.join(REPO, "fuzz", "corpus")
 
 TARGETS = ["from_gate", "header_assembly", "authserv_id", "authres_render", "spf",

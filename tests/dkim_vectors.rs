@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 fn testdata(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/testdata")
+        .join("tests/data/third-party")
         .join(path)
 }
 

@@ -1,5 +1,5 @@
 //! `rmilter explain` against the daemon: for the third-party vectors in
-//! ../shared/testdata and the regression corpora in tests/corpus, the same
+//! tests/data/third-party and the regression corpora in tests/corpus, the same
 //! message goes once through the milter (in-process, the test DNS server
 //! serving the zone) and once through `rmilter explain --dns ZONEFILE
 //! --json` (the binary, its own zone server answering from the same zone
@@ -21,7 +21,7 @@ use std::process::Command;
 
 fn testdata(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/testdata")
+        .join("tests/data/third-party")
         .join(path)
 }
 

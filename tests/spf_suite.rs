@@ -25,7 +25,7 @@ use yaml_rust2::{Yaml, YamlLoader};
 
 const SUITE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/testdata/spf/rfc7208-tests.yml"
+    "/tests/data/third-party/spf/rfc7208-tests.yml"
 );
 
 /// Scenarios allowed to fail, as (scenario name, reason). Target: empty.

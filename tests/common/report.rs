@@ -8,15 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The RFC 9990 schema, from the shared test data beside the repository.
+/// The RFC 9990 schema, from the third-party test data in tests/data.
 pub fn rfc9990_xsd() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/testdata/dmarc/dmarcbis-aggregate-0.2.xsd")
+        .join("tests/data/third-party/dmarc/dmarcbis-aggregate-0.2.xsd")
 }
 
 pub fn rfc7489_xsd() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/testdata/dmarc/rfc7489-appendix-c.xsd")
+        .join("tests/data/third-party/dmarc/rfc7489-appendix-c.xsd")
 }
 
 /// `xmllint --noout --schema XSD FILE`: Ok(stderr) when it validates.
