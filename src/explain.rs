@@ -599,19 +599,32 @@ fn trace_inbound(
             if r.t { " t=y" } else { "" }
         )
     });
-    if let Some(r) = &record {
-        let at = d
-            .policy_record
-            .as_ref()
-            .map_or(d.domain.clone(), |p| p.domain.clone());
+    // RFC 9989 §4.10: the tree walk's lookups, then the record applied.
+    let walk: Vec<String> = d
+        .discovery
+        .iter()
+        .flat_map(|w| w.steps.iter().map(|s| s.describe()))
+        .collect();
+    for step in &walk {
+        line(text, "", format!("walk {step}"));
+    }
+    if let Some(org) = d.discovery.as_ref().and_then(|w| w.organizational.as_ref().ok()) {
+        line(text, "", format!("organizational domain {org}"));
+    }
+    if let (Some(r), Some(p)) = (&record, &d.policy_record) {
         line(
             text,
             "",
             format!(
-                "record at _dmarc.{at}: {r}; applies {}",
-                policy_str(d.policy)
+                "record at _dmarc.{}: {r}; applies {} (from {})",
+                p.domain,
+                policy_str(d.policy),
+                p.tag
             ),
         );
+    }
+    for note in d.record.iter().flat_map(|r| r.notes.iter()) {
+        line(text, "", format!("record note: {note}"));
     }
     line(
         text,
@@ -664,6 +677,9 @@ fn trace_inbound(
             "reason": d.reason,
             "record": record,
             "record_domain": d.policy_record.as_ref().map(|p| p.domain.clone()),
+            "policy_tag": d.policy_record.as_ref().map(|p| p.tag),
+            "walk": walk,
+            "organizational_domain": d.discovery.as_ref().and_then(|w| w.organizational.clone().ok()),
             "policy": policy_str(d.policy),
             "dkim_aligned": d.dkim_aligned,
             "spf_aligned": d.spf_aligned,

@@ -472,6 +472,8 @@ pub struct ReportSettings {
     pub retry_for: Duration,
     /// Run `report send` inside the daemon after each period.
     pub schedule_in_daemon: bool,
+    /// At most this many `rua=` addresses of one DMARC record get a report.
+    pub max_rua_addresses: usize,
 }
 
 /// A configuration that could not be loaded.

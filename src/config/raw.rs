@@ -173,6 +173,7 @@ pub struct RawReport {
     pub lease: Option<String>,
     pub retry_for: Option<String>,
     pub schedule: Option<String>,
+    pub max_rua_addresses: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

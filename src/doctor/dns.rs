@@ -10,7 +10,6 @@ use crate::keys::check::{Checker, Verdict, record_name};
 use crate::report::send::{Authorised, authorised};
 use crate::runtime::Runtime;
 use crate::verify::spf::{HickoryDns, Lookup, SpfDns, record_syntax};
-use mail_auth::dns::TxtRecordParser;
 use std::collections::BTreeSet;
 
 const CAT: &str = "dns";
@@ -129,56 +128,62 @@ async fn spf(dns: &HickoryDns, domain: &str, findings: &mut Vec<Finding>) {
 }
 
 async fn dmarc(runtime: &Runtime, dns: &HickoryDns, domain: &str, findings: &mut Vec<Finding>) {
-    let Some(found) = runtime.verifier.policy_record(domain).await else {
-        findings.push(Finding::new(
-            "dmarc-missing",
-            Severity::Medium,
-            CAT,
-            format!("no DMARC record for {domain} (nor a parent domain)"),
-            "receivers apply no policy to forgeries of the domain and send no reports",
-            format!("publish _dmarc.{domain}. IN TXT \"v=DMARC1; p=none; rua=mailto:dmarc-reports@{domain}\" (then quarantine or reject)"),
-        ));
-        return;
-    };
-    let name = format!("_dmarc.{}", found.domain);
-    if found.count > 1 {
+    use crate::verify::dmarc::Found;
+    let discovery = runtime.verifier.discover(domain).await;
+    // RFC 9989 §4.10: several records at one name count as none.
+    if let Some((name, n)) = discovery.steps.iter().find_map(|s| match s.found {
+        Found::Several(n) => Some((format!("_dmarc.{}", s.name), n)),
+        _ => None,
+    }) {
         findings.push(Finding::new(
             "dmarc-several",
             Severity::High,
             CAT,
-            format!("{name} holds {} DMARC records", found.count),
+            format!("{name} holds {n} DMARC records"),
             "several records at one name count as none (RFC 9989 §4.10): no policy applies",
             format!("keep exactly one v=DMARC1 TXT record at {name}"),
         ));
         return;
     }
-    let text = match dns.txt(&name).await {
-        Lookup::Found(records) => records.into_iter().find(|r| {
-            String::from_utf8_lossy(r)
-                .split(';')
-                .next()
-                .is_some_and(|v| v.trim().eq_ignore_ascii_case("v=DMARC1"))
-        }),
-        _ => None,
-    };
-    let Some(text) = text else { return };
-    let record = match mail_auth::dmarc::DmarcRecord::parse(&text) {
-        Ok(record) => record,
-        Err(e) => {
+    let Some(found) = discovery.applied else {
+        if discovery.error.is_none() {
             findings.push(Finding::new(
-                "dmarc-syntax",
-                Severity::High,
+                "dmarc-missing",
+                Severity::Medium,
                 CAT,
-                format!("{name}: the DMARC record does not parse ({e})"),
-                "receivers ignore it: no policy applies to the domain",
-                format!("fix the TXT record at {name} (RFC 9989 §4.7)"),
+                format!("no DMARC record for {domain} (nor a parent domain)"),
+                "receivers apply no policy to forgeries of the domain and send no reports",
+                format!("publish _dmarc.{domain}. IN TXT \"v=DMARC1; p=none; rua=mailto:dmarc-reports@{domain}\" (then quarantine or reject)"),
             ));
+        }
+        return;
+    };
+    let name = format!("_dmarc.{}", found.domain);
+    let record = found.record;
+    if !record.usable || !record.notes.is_empty() {
+        findings.push(Finding::new(
+            "dmarc-syntax",
+            if record.usable {
+                Severity::Medium
+            } else {
+                Severity::High
+            },
+            CAT,
+            format!("{name}: {}", record.notes.join("; ")),
+            if record.usable {
+                "receivers ignore those values and apply their defaults"
+            } else {
+                "receivers apply no DMARC policy to the domain"
+            },
+            format!("fix the TXT record at {name} (RFC 9989 §4.7)"),
+        ));
+        if !record.usable {
             return;
         }
-    };
+    }
     let policy_domain = found.domain.clone();
-    for uri in &record.rua {
-        let address = uri.uri().to_ascii_lowercase();
+    for (address, _) in record.rua_addresses() {
+        let address = address.to_string();
         let Some((_, dest)) = address.rsplit_once('@') else {
             continue;
         };

@@ -22,7 +22,7 @@ use super::unix_time;
 use crate::config::{DnsSettings, ReportSettings, normalize_domain};
 use crate::verify::spf::{HickoryDns, Lookup, SpfDns};
 use base64::Engine as _;
-use mail_auth::dns::TxtRecordParser;
+use crate::verify::dmarc::AtName;
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -151,7 +151,7 @@ pub fn run(
         summary.reports += 1;
         kill_point("generated");
         let label = format!("{} {}", domain, period_label(begin, end));
-        let destinations = match rt.block_on(rua(&resolver, &domain)) {
+        let destinations = match rt.block_on(rua(&resolver, &domain, settings.max_rua_addresses)) {
             Rua::Found(list) => list,
             Rua::None => {
                 let _ = writeln!(
@@ -452,30 +452,30 @@ fn period_label(begin: i64, end: i64) -> String {
     format!("{}..{}", at(begin), at(end + 1))
 }
 
-/// The `rua=` mailto: destinations of the domain's DMARC record.
-async fn rua(dns: &HickoryDns, domain: &str) -> Rua {
+/// The `rua=` mailto: destinations of the domain's DMARC record (read with
+/// rmilter's parser; several records at the name count as none, RFC 9989
+/// §4.10), at most `max` of them, in the record's order.
+async fn rua(dns: &HickoryDns, domain: &str, max: usize) -> Rua {
     match dns.txt(&format!("_dmarc.{domain}")).await {
-        Lookup::Found(records) => {
-            for record in records {
-                if let Ok(parsed) = mail_auth::dmarc::DmarcRecord::parse(&record) {
-                    let list: Vec<Destination> = parsed
-                        .rua
-                        .iter()
-                        .filter(|u| valid_address(u.uri()))
-                        .map(|u| Destination {
-                            address: u.uri().to_ascii_lowercase(),
-                            max_size: u.max_size(),
-                        })
-                        .collect();
-                    return if list.is_empty() {
-                        Rua::None
-                    } else {
-                        Rua::Found(list)
-                    };
+        Lookup::Found(records) => match crate::verify::dmarc::record::at_name(&records) {
+            AtName::One(record) => {
+                let list: Vec<Destination> = record
+                    .rua_addresses()
+                    .filter(|(address, _)| valid_address(address))
+                    .take(max)
+                    .map(|(address, max_size)| Destination {
+                        address: address.to_string(),
+                        max_size,
+                    })
+                    .collect();
+                if list.is_empty() {
+                    Rua::None
+                } else {
+                    Rua::Found(list)
                 }
             }
-            Rua::None
-        }
+            AtName::Nothing | AtName::Several(_) => Rua::None,
+        },
         Lookup::NxDomain | Lookup::NoData => Rua::None,
         Lookup::TempError(e) => Rua::TempError(e),
     }

@@ -191,7 +191,7 @@ mod tests {
     use crate::config::{PolicyActions, PolicyTable};
     use crate::verify::spf::SpfOutcome;
     use crate::verify::{ArcVerdict, DmarcVerdict};
-    use mail_auth::dmarc::{Alignment, DmarcRecord, FailureOptions, Psd};
+    use crate::verify::dmarc::Record;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -233,18 +233,13 @@ mod tests {
         }
     }
 
-    fn record(p: Policy, t: bool) -> Arc<DmarcRecord> {
-        Arc::new(DmarcRecord {
-            adkim: Alignment::Relaxed,
-            aspf: Alignment::Relaxed,
-            fo: FailureOptions::All,
-            np: p,
+    fn record(p: Policy, t: bool) -> Arc<Record> {
+        Arc::new(Record {
             p,
-            psd: Psd::Default,
-            rua: Vec::new(),
-            ruf: Vec::new(),
             sp: p,
+            np: p,
             t,
+            ..Record::default()
         })
     }
 
@@ -267,6 +262,7 @@ mod tests {
                 spf_aligned: false,
                 reason: String::new(),
                 policy_record: None,
+                discovery: None,
             },
         }
     }

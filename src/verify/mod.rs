@@ -2,8 +2,9 @@
 //! (RFC 9989) in one pass, then the policy decision and the
 //! Authentication-Results field.
 //!
-//! mail-auth verifies DKIM, ARC and DMARC; rmilter evaluates SPF itself
-//! (void-lookup limit, temperror on the time limit), decides which DKIM
+//! mail-auth verifies DKIM and ARC; rmilter evaluates SPF itself
+//! (void-lookup limit, temperror on the time limit) and DMARC itself (its
+//! own record parser and one tree walk, see [`dmarc`]), decides which DKIM
 //! signatures are eligible at all (see [`dkim`]), and feeds only those to
 //! DMARC. The author domain comes from the From gate alone: DMARC is
 //! evaluated for exactly that domain.
@@ -13,16 +14,15 @@ pub mod authres;
 pub mod cache;
 pub mod decision;
 pub mod dkim;
+pub mod dmarc;
 pub mod spf;
 
 use crate::config::{DnsSettings, VerifySettings};
 use crate::identity::Author;
 use dkim::{DkimStatus, DkimVerdict};
-use mail_auth::dmarc::verify::DmarcParameters;
-use mail_auth::dmarc::{DmarcRecord, Policy};
+use mail_auth::dmarc::Policy;
 use mail_auth::dns::Parameters;
-use mail_auth::spf::SpfOutput;
-use mail_auth::{AuthenticatedMessage, DmarcResult, MessageAuthenticator};
+use mail_auth::{AuthenticatedMessage, MessageAuthenticator};
 use spf::{SpfLimits, SpfOutcome, SpfResult};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -32,6 +32,8 @@ pub struct Verifier {
     authenticator: MessageAuthenticator,
     /// Parsed DKIM keys and DMARC records, for this configuration's life.
     caches: cache::Caches,
+    /// Parsed DMARC answers, for this configuration's life.
+    dmarc_cache: dmarc::DmarcCache,
     spf_dns: spf::HickoryDns,
     health: Arc<crate::dns::ResolverHealth>,
     dns_timeout: std::time::Duration,
@@ -44,6 +46,7 @@ impl Verifier {
         Ok(Verifier {
             authenticator,
             caches: cache::Caches::new(dns.cache_size),
+            dmarc_cache: dmarc::DmarcCache::new(dns.cache_size),
             spf_dns,
             health: Arc::default(),
             dns_timeout: dns.timeout,
@@ -104,12 +107,14 @@ pub struct DmarcVerdict {
     /// The policy that applies to the author domain (`p`, `sp` or `np`,
     /// lowered one level by `t=y`).
     pub policy: Policy,
-    pub record: Option<Arc<DmarcRecord>>,
+    pub record: Option<Arc<dmarc::Record>>,
     pub dkim_aligned: bool,
     pub spf_aligned: bool,
     pub reason: String,
     /// Where the applied record was found, and its legacy `pct=`.
     pub policy_record: Option<PolicyRecord>,
+    /// The tree walk that found the record (for `rmilter explain`).
+    pub discovery: Option<dmarc::Discovery>,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +190,7 @@ fn temperror_verdict(input: &Input<'_>, reason: &str) -> Verdict {
             spf_aligned: false,
             reason: reason.to_string(),
             policy_record: None,
+            discovery: None,
         },
     }
 }
@@ -223,6 +229,7 @@ impl Verifier {
             spf_aligned: false,
             reason: String::new(),
             policy_record: None,
+            discovery: None,
         };
         let Some(mut message) = AuthenticatedMessage::parse(input.message) else {
             dmarc.reason = "message could not be parsed".to_string();
@@ -311,21 +318,6 @@ impl Verifier {
 
         let mut dmarc = self.dmarc(author, &eligible, &spf_mail_from, dmarc).await;
         let status = dmarc.status;
-        if dmarc.record.is_some() {
-            dmarc.policy_record = self.policy_record(author).await;
-            // RFC 9989 §4.10 step 2: several records at one name count as
-            // none (mail-auth would apply the first).
-            if let Some(found) = dmarc.policy_record.as_ref().filter(|r| r.count > 1) {
-                dmarc.reason = format!(
-                    "{} DMARC records at _dmarc.{}; none applies",
-                    found.count, found.domain
-                );
-                dmarc.status = DmarcStatus::None;
-                dmarc.record = None;
-                dmarc.policy = Policy::None;
-                dmarc.policy_record = None;
-            }
-        }
         // A message too large to verify whose author-aligned signature
         // could have passed: no verdict either way (never a size bypass,
         // never a reject of mail that might be genuine).
@@ -349,20 +341,30 @@ impl Verifier {
     }
 }
 
-/// The DMARC record rmilter found where mail-auth's evaluation found one.
+/// The DMARC record applied to a message, as the tree walk found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyRecord {
     /// The name (without `_dmarc.`) holding the record.
     pub domain: String,
-    /// Legacy `pct=` (RFC 7489), clamped to 0..=100.
+    /// Legacy `pct=` (RFC 7489), 0..=100.
     pub pct: Option<u8>,
-    /// How many DMARC records that name holds.
-    pub count: usize,
+    /// The tag whose policy applies: "p", "sp" or "np".
+    pub tag: &'static str,
 }
 
 impl Verifier {
+    /// DNS for the DMARC walk: the shared resolver and the parsed-record cache.
+    fn dmarc_dns(&self) -> dmarc::ResolverDns<'_> {
+        dmarc::ResolverDns {
+            resolver: self.authenticator.resolver(),
+            addresses: &self.spf_dns,
+            cache: &self.dmarc_cache,
+        }
+    }
+
     /// DMARC for exactly `author`, with the eligible DKIM outputs and the
-    /// MAIL FROM SPF outcome.
+    /// MAIL FROM SPF outcome: one tree walk (RFC 9989 §4.10) whose result
+    /// feeds the policy, Authentication-Results and the report.
     async fn dmarc(
         &self,
         author: &str,
@@ -370,113 +372,47 @@ impl Verifier {
         spf: &SpfOutcome,
         mut dmarc: DmarcVerdict,
     ) -> DmarcVerdict {
+        let dkim: Vec<dmarc::DkimInput> = eligible
+            .iter()
+            .filter_map(|o| {
+                let temperror = match o.result() {
+                    mail_auth::DkimResult::Pass => false,
+                    mail_auth::DkimResult::TempError(_) => true,
+                    _ => return None,
+                };
+                o.signature().map(|s| dmarc::DkimInput {
+                    domain: s.d.to_ascii_lowercase(),
+                    temperror,
+                })
+            })
+            .collect();
         // RFC 9989 §4.4.2: the SPF identity aligned against From is the
         // MAIL FROM domain (HELO for the null sender), exactly the domain
         // SPF evaluated; the HELO result is never a DMARC input (F10).
-        let spf_input = SpfOutput::new(spf.domain.clone()).with_result(match spf.result {
-            SpfResult::Pass => mail_auth::SpfResult::Pass,
-            SpfResult::Fail => mail_auth::SpfResult::Fail,
-            SpfResult::SoftFail => mail_auth::SpfResult::SoftFail,
-            SpfResult::Neutral => mail_auth::SpfResult::Neutral,
-            SpfResult::TempError => mail_auth::SpfResult::TempError,
-            SpfResult::PermError => mail_auth::SpfResult::PermError,
-            SpfResult::None => mail_auth::SpfResult::None,
-        });
-        // DMARC sees the author exactly as the From gate read it: a message
-        // holding only that From (mail-auth's DMARC reads nothing else of
-        // the message). Its own From parser never gets a say, so a value
-        // two parsers read differently cannot split the verdict.
-        let author_view = format!("From: <postmaster@{author}>\r\n\r\n");
-        let Some(author_message) = AuthenticatedMessage::parse(author_view.as_bytes()) else {
-            dmarc.reason = "author domain could not be evaluated".to_string();
-            return dmarc;
-        };
-        let out = self
-            .authenticator
-            .verify_dmarc(
-                Parameters::new(DmarcParameters::new(
-                    &author_message,
-                    eligible,
-                    &spf.domain,
-                    &spf_input,
-                ))
-                .with_cache(&self.caches),
-            )
-            .await;
-        if out.domain() != author {
-            dmarc.reason = format!("DMARC evaluated {:?} instead of {author}", out.domain());
-            return dmarc;
+        let out = dmarc::evaluate(&self.dmarc_dns(), author, &dkim, &spf.domain, spf.result).await;
+        dmarc.status = out.status;
+        dmarc.reason = out.reason;
+        dmarc.dkim_aligned = out.dkim_aligned;
+        dmarc.spf_aligned = out.spf_aligned;
+        dmarc.policy = out.policy;
+        if out.discovery.error.is_none()
+            && let Some(applied) = &out.discovery.applied
+            && applied.record.usable
+        {
+            dmarc.record = Some(applied.record.clone());
+            dmarc.policy_record = Some(PolicyRecord {
+                domain: applied.domain.clone(),
+                pct: applied.record.pct,
+                tag: applied.tag,
+            });
         }
-        dmarc.dkim_aligned = *out.dkim_result() == DmarcResult::Pass;
-        dmarc.spf_aligned = *out.spf_result() == DmarcResult::Pass;
-        dmarc.policy = out.policy();
-        dmarc.record = out.record().cloned();
-        let (status, reason) = match out.result() {
-            DmarcResult::Pass => (DmarcStatus::Pass, String::new()),
-            DmarcResult::Fail(_) => (DmarcStatus::Fail, "no aligned pass".to_string()),
-            // RFC 9989 §5.3.6: a temporary failure of an aligned mechanism
-            // with no aligned pass, or of the policy lookup: no verdict.
-            DmarcResult::TempError(e) => (DmarcStatus::TempError, e.to_string()),
-            DmarcResult::PermError(e) => (DmarcStatus::PermError, e.to_string()),
-            DmarcResult::None => (DmarcStatus::None, "no DMARC record".to_string()),
-        };
-        dmarc.status = status;
-        dmarc.reason = reason;
+        dmarc.discovery = Some(out.discovery);
         dmarc
     }
 
-    /// Where the applied DMARC record was found: the author domain's own
-    /// record, else the first record up the RFC 9989 §4.10 tree-walk names
-    /// (answered from the resolver cache, DMARC evaluation having just made
-    /// these lookups).
-    pub async fn policy_record(&self, author: &str) -> Option<PolicyRecord> {
-        let labels: Vec<&str> = author.split('.').filter(|l| !l.is_empty()).collect();
-        let total = labels.len();
-        if total < 2 {
-            return None;
-        }
-        let resolver = self.authenticator.resolver();
-        let mut count = total;
-        loop {
-            let name = labels[total - count..].join(".");
-            if let Ok(lookup) = resolver.txt_lookup(format!("_dmarc.{name}.")).await {
-                let records: Vec<String> = lookup
-                    .answers()
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        mail_auth::hickory_resolver::proto::rr::RData::TXT(txt) => Some(
-                            txt.txt_data
-                                .iter()
-                                .map(|s| String::from_utf8_lossy(s).into_owned())
-                                .collect::<String>(),
-                        ),
-                        _ => None,
-                    })
-                    .filter(|text| {
-                        text.split(';')
-                            .next()
-                            .is_some_and(|v| v.trim().eq_ignore_ascii_case("v=DMARC1"))
-                    })
-                    .collect();
-                if let Some(first) = records.first() {
-                    let pct = first
-                        .split(';')
-                        .map(str::trim)
-                        .find_map(|t| t.strip_prefix("pct="))
-                        .and_then(|p| p.trim().parse::<u8>().ok())
-                        .map(|p| p.min(100));
-                    return Some(PolicyRecord {
-                        domain: name,
-                        pct,
-                        count: records.len(),
-                    });
-                }
-            }
-            if count == 1 {
-                return None;
-            }
-            count = if count >= 8 { 7 } else { count - 1 };
-        }
+    /// RFC 9989 §4.10.1 policy discovery for `domain` alone (for `rmilter doctor`).
+    pub async fn discover(&self, domain: &str) -> dmarc::Discovery {
+        dmarc::walk::discover(&self.dmarc_dns(), domain).await
     }
 }
 

@@ -11,7 +11,8 @@
 
 use mail_auth::AuthenticatedMessage;
 use mail_auth::dkim::{Canonicalization, DkimSigner, DomainKey};
-use mail_auth::dmarc::{DmarcRecord, Policy};
+use mail_auth::dmarc::Policy;
+use rmilter::verify::dmarc::record::{self as dmarc_record_parser, Record as DmarcRecord};
 use mail_auth::dns::TxtRecordParser;
 use rmilter::config::{self, Canon, Config, Overrides, Signing, Source};
 use rmilter::identity::{self, Author};
@@ -567,6 +568,7 @@ pub fn verdict_from(
             spf_aligned: false,
             reason: t(11),
             policy_record: None,
+            discovery: None,
         },
     };
     let author = Author {
@@ -926,12 +928,12 @@ pub fn dkim_key_record(txt: &[u8]) -> bool {
 // ---------------------------------------------------------------------------
 // DMARC records
 
-/// DMARC records: mail-auth's parser never panics; for a parsed record
+/// DMARC records: rmilter's parser never panics; for a parsed record
 /// rmilter's policy decision holds its table (pass and none accept, a
 /// temperror is never a 5xx, a failure acts on the published policy) and
 /// the A-R field stays one field.
 pub fn dmarc_record(txt: &[u8]) -> bool {
-    let Ok(record) = DmarcRecord::parse(txt) else {
+    let Some(record) = dmarc_record_parser::parse(txt) else {
         return false;
     };
     let record = Arc::new(record);

@@ -120,6 +120,16 @@ pub(super) fn report(ctx: &Ctx, raw: RawReport) -> Result<ReportSettings, Config
             ));
         }
     };
+    // RFC 7489 §6.2 let receivers cap a record's rua= list (at two or
+    // more): one record cannot fan one report out to many mailboxes.
+    let max_rua_addresses = count(
+        ctx,
+        "report.max_rua_addresses",
+        raw.max_rua_addresses,
+        2,
+        1,
+        100,
+    )?;
     Ok(ReportSettings {
         enabled: raw.enabled.unwrap_or(false),
         store,
@@ -136,6 +146,7 @@ pub(super) fn report(ctx: &Ctx, raw: RawReport) -> Result<ReportSettings, Config
         lease,
         retry_for,
         schedule_in_daemon,
+        max_rua_addresses,
     })
 }
 

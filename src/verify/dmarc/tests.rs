@@ -1,0 +1,1 @@
+//! Tests of the DMARC record parser, tree walk and evaluation.
