@@ -608,7 +608,11 @@ fn trace_inbound(
     for step in &walk {
         line(text, "", format!("walk {step}"));
     }
-    if let Some(org) = d.discovery.as_ref().and_then(|w| w.organizational.as_ref().ok()) {
+    if let Some(org) = d
+        .discovery
+        .as_ref()
+        .and_then(|w| w.organizational.as_ref().ok())
+    {
         line(text, "", format!("organizational domain {org}"));
     }
     if let (Some(r), Some(p)) = (&record, &d.policy_record) {

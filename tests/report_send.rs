@@ -431,6 +431,38 @@ fn concurrent_sends_mail_one_report_per_destination() {
     assert_eq!(rcpts, want);
 }
 
+/// Issue 15 item 15: one record cannot fan a report out to many mailboxes;
+/// only the first `report.max_rua_addresses` (default 2) get it.
+#[test]
+fn rua_addresses_are_capped_per_record() {
+    let w = send_world(
+        &[(
+            "_dmarc.many.example",
+            "v=DMARC1; p=none; rua=mailto:r1@many.example,mailto:r2@many.example,mailto:r3@many.example,mailto:r4@many.example",
+        )],
+        None,
+        "",
+    );
+    fill(&w.cfg, &["many.example"], 1);
+    let now = unix_time(SystemTime::now());
+    let out = report_send(&w.cfg, now, None);
+    assert!(out.status.success(), "{}", text(&out));
+    let got = wait_reports(&w.pf, 2);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut rcpts: Vec<String> = reports_in(&w.pf)
+        .iter()
+        .flat_map(|m| m.rcpt_to.clone())
+        .collect();
+    rcpts.sort();
+    assert_eq!(got.len(), 2, "{}", text(&out));
+    assert_eq!(
+        rcpts,
+        ["r1@many.example", "r2@many.example"],
+        "{}",
+        text(&out)
+    );
+}
+
 #[test]
 fn destinations_are_checked_before_anything_is_sent() {
     let w = send_world(
@@ -451,7 +483,7 @@ fn destinations_are_checked_before_anything_is_sent() {
             ),
         ],
         None,
-        "",
+        "max_rua_addresses = 3",
     );
     // The authorisation lookup for flaky.example fails for now.
     w._dns.set_fault(

@@ -189,9 +189,9 @@ pub fn policy_str(policy: Policy) -> &'static str {
 mod tests {
     use super::*;
     use crate::config::{PolicyActions, PolicyTable};
+    use crate::verify::dmarc::Record;
     use crate::verify::spf::SpfOutcome;
     use crate::verify::{ArcVerdict, DmarcVerdict};
-    use crate::verify::dmarc::Record;
     use std::sync::Arc;
     use std::time::Duration;
 

@@ -12,7 +12,6 @@
 use mail_auth::AuthenticatedMessage;
 use mail_auth::dkim::{Canonicalization, DkimSigner, DomainKey};
 use mail_auth::dmarc::Policy;
-use rmilter::verify::dmarc::record::{self as dmarc_record_parser, Record as DmarcRecord};
 use mail_auth::dns::TxtRecordParser;
 use rmilter::config::{self, Canon, Config, Overrides, Signing, Source};
 use rmilter::identity::{self, Author};
@@ -21,6 +20,7 @@ use rmilter::milter::wire::header_section;
 use rmilter::sign::{self, MessageSigner};
 use rmilter::verify::authres::{self, ResInfo};
 use rmilter::verify::dkim::{DkimStatus, DkimVerdict, is_dns_token, prefilter};
+use rmilter::verify::dmarc::record::{self as dmarc_record_parser, Record as DmarcRecord};
 use rmilter::verify::spf::{
     self, Lookup, MAX_EXPLANATION, MAX_REASON, SpfDns, SpfLimits, SpfOutcome, SpfResult,
 };

@@ -105,7 +105,10 @@ pub async fn evaluate(
     // RFC 9989 §4.4.2: SPF's identifier is the domain SPF evaluated.
     let spf_result = match spf {
         SpfResult::Pass | SpfResult::TempError => {
-            match align.aligned(&spf_domain.to_ascii_lowercase(), record.aspf).await {
+            match align
+                .aligned(&spf_domain.to_ascii_lowercase(), record.aspf)
+                .await
+            {
                 Ok(true) if spf == SpfResult::Pass => Mechanism::Pass,
                 Ok(true) => Mechanism::TempError(format!("SPF temperror for {spf_domain}")),
                 Ok(false) if spf == SpfResult::Pass => Mechanism::Fail,

@@ -161,7 +161,12 @@ fn report_uri(text: &str) -> Option<ReportUri> {
                 return None;
             }
             let n: usize = digits.parse().unwrap_or(usize::MAX);
-            (uri, n.checked_shl(shift).filter(|v| v >> shift == n).unwrap_or(usize::MAX))
+            (
+                uri,
+                n.checked_shl(shift)
+                    .filter(|v| v >> shift == n)
+                    .unwrap_or(usize::MAX),
+            )
         }
     };
     let (scheme, rest) = uri.split_once(':')?;
@@ -230,7 +235,10 @@ pub fn parse(txt: &[u8]) -> Option<Record> {
             continue; // a trailing ";" or ";;"
         }
         let Some((name, value)) = tag.split_once('=') else {
-            notes.push(format!("{:?} is not a tag=value pair, ignored", tag.trim_matches(wsp)));
+            notes.push(format!(
+                "{:?} is not a tag=value pair, ignored",
+                tag.trim_matches(wsp)
+            ));
             continue;
         };
         let name = name.trim_matches(wsp).to_ascii_lowercase();
@@ -247,7 +255,9 @@ pub fn parse(txt: &[u8]) -> Option<Record> {
         // RFC 9989 §4.8: a value is printable ASCII other than ';'.
         let printable = !value.is_empty() && value.bytes().all(|b| (0x20..0x7f).contains(&b));
         let invalid = |notes: &mut Vec<String>, default: &str| {
-            notes.push(format!("{name}={value:?} is not valid, {name}={default} applies"));
+            notes.push(format!(
+                "{name}={value:?} is not valid, {name}={default} applies"
+            ));
         };
         match name.as_str() {
             "p" | "sp" | "np" => {

@@ -49,7 +49,10 @@ fn defaulted_values_are_noted() {
     let r = record::parse(b"v=DMARC1; p=reject; pct=101").unwrap();
     assert_eq!(r.pct, None);
     let r = record::parse(b"v=DMARC1; p=none; rua=mailto:a@x.example!2k").unwrap();
-    assert_eq!(r.rua_addresses().collect::<Vec<_>>(), [("a@x.example", 2048)]);
+    assert_eq!(
+        r.rua_addresses().collect::<Vec<_>>(),
+        [("a@x.example", 2048)]
+    );
 }
 
 #[test]
@@ -202,7 +205,10 @@ fn an_invalid_optional_value_keeps_the_policy() {
 fn several_records_at_the_author_domain_let_the_parent_apply() {
     let dns = MapDns::default()
         .record("sub.bank.example", "v=DMARC1; p=none")
-        .record("sub.bank.example", "v=DMARC1; p=none; rua=mailto:x@bank.example")
+        .record(
+            "sub.bank.example",
+            "v=DMARC1; p=none; rua=mailto:x@bank.example",
+        )
         .record("bank.example", "v=DMARC1; p=none; sp=reject");
     let (status, policy, at, tag) = outcome(&dns, "sub.bank.example", &[], NO_SPF);
     assert_eq!(
@@ -242,7 +248,12 @@ fn a_failed_lookup_is_never_skipped() {
     let dns = MapDns::default()
         .record("mail.bank.example", "v=DMARC1; p=reject")
         .failing("bank.example");
-    let (status, ..) = outcome(&dns, "mail.bank.example", &dkim("mail.bank.example"), NO_SPF);
+    let (status, ..) = outcome(
+        &dns,
+        "mail.bank.example",
+        &dkim("mail.bank.example"),
+        NO_SPF,
+    );
     assert_eq!(status, DmarcStatus::Pass);
     let (status, ..) = outcome(&dns, "mail.bank.example", &dkim("bank.example"), NO_SPF);
     assert_eq!(status, DmarcStatus::TempError);
@@ -265,7 +276,13 @@ fn the_organizational_domain_record_applies() {
     let dns = MapDns::default()
         .record("mail.example.com", "v=DMARC1; p=none; pct=0")
         .record("example.com", "v=DMARC1; p=none; sp=reject");
-    let out = block_on(evaluate(&dns, "a.mail.example.com", &[], "", SpfResult::None));
+    let out = block_on(evaluate(
+        &dns,
+        "a.mail.example.com",
+        &[],
+        "",
+        SpfResult::None,
+    ));
     let applied = out.discovery.applied.clone().unwrap();
     assert_eq!(applied.domain, "example.com");
     assert_eq!(applied.record.pct, None);
@@ -275,16 +292,19 @@ fn the_organizational_domain_record_applies() {
     let dns = MapDns::default()
         .record("mail.example.com", "v=DMARC1; p=quarantine; psd=n")
         .record("example.com", "v=DMARC1; p=reject");
-    let out = block_on(evaluate(&dns, "a.mail.example.com", &[], "", SpfResult::None));
+    let out = block_on(evaluate(
+        &dns,
+        "a.mail.example.com",
+        &[],
+        "",
+        SpfResult::None,
+    ));
     assert_eq!(
         out.discovery.organizational.as_deref(),
         Ok("mail.example.com")
     );
     assert_eq!(out.policy, Policy::Quarantine);
-    assert_eq!(
-        dns.queried(),
-        ["a.mail.example.com", "mail.example.com"]
-    );
+    assert_eq!(dns.queried(), ["a.mail.example.com", "mail.example.com"]);
     // Only a PSD record (psd=y) at com: the Organizational Domain is
     // example.com, the PSD's np applies to a name that does not exist.
     let dns = MapDns::default()
@@ -343,7 +363,12 @@ fn relaxed_and_strict_alignment() {
     }];
     let (status, ..) = outcome(&dns, "bank.example", &temp, NO_SPF);
     assert_eq!(status, DmarcStatus::TempError);
-    let (status, ..) = outcome(&dns, "bank.example", &temp, ("bank.example", SpfResult::Pass));
+    let (status, ..) = outcome(
+        &dns,
+        "bank.example",
+        &temp,
+        ("bank.example", SpfResult::Pass),
+    );
     assert_eq!(status, DmarcStatus::Pass);
 }
 
@@ -365,6 +390,9 @@ fn walk_steps_say_what_each_name_held() {
     assert_eq!(lines.len(), 4, "{lines:?}");
     assert_eq!(lines[0], "_dmarc.x.a.bank.example: no record");
     assert!(lines[1].contains("2 DMARC records: none used"), "{lines:?}");
-    assert!(lines[2].starts_with("_dmarc.bank.example: record (p=reject"), "{lines:?}");
+    assert!(
+        lines[2].starts_with("_dmarc.bank.example: record (p=reject"),
+        "{lines:?}"
+    );
     assert!(matches!(steps[3].found, Found::Nothing));
 }

@@ -320,7 +320,8 @@ impl DmarcDns for ResolverDns<'_> {
                     })
                     .collect();
                 let found = record::at_name(&txts);
-                self.cache.insert(&owner, found.clone(), lookup.valid_until());
+                self.cache
+                    .insert(&owner, found.clone(), lookup.valid_until());
                 Ok(found)
             }
             Err(NetError::Dns(DnsError::NoRecordsFound(no))) => {
