@@ -1,5 +1,6 @@
-//! A cache of parsed TXT records (DKIM keys, DMARC and ARC-signer
-//! records) shared by every message a configuration verifies.
+//! A cache of parsed TXT records (DKIM keys and ARC-signer records) shared
+//! by every message a configuration verifies. DMARC records, which rmilter
+//! parses itself, have their own cache (`dmarc::DmarcCache`).
 //!
 //! The resolver already caches answers, but mail-auth parses a record each
 //! time it is handed one: without this cache every inbound message

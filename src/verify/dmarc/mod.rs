@@ -172,7 +172,10 @@ struct Aligner<'a, D> {
 
 impl<D: DmarcDns> Aligner<'_, D> {
     async fn aligned(&mut self, id: &str, mode: Alignment) -> Result<bool, String> {
+        // Compared as A-labels, as the author domain is (the From gate).
         let id = id.trim_end_matches('.');
+        let id = idna::domain_to_ascii(id).unwrap_or_else(|_| id.to_ascii_lowercase());
+        let id = id.as_str();
         // Strict, and relaxed for the same name: a string comparison.
         if id == self.author {
             return Ok(true);

@@ -396,3 +396,26 @@ fn walk_steps_say_what_each_name_held() {
     );
     assert!(matches!(steps[3].found, Found::Nothing));
 }
+
+#[test]
+fn parsed_answers_are_cached_until_their_ttl() {
+    use std::time::{Duration, Instant};
+    let cache = walk::DmarcCache::new(10);
+    let soon = Instant::now() + Duration::from_millis(50);
+    cache.insert(
+        "_dmarc.a.test",
+        record::at_name(&["v=DMARC1; p=reject"]),
+        soon,
+    );
+    assert!(matches!(cache.get("_dmarc.a.test"), Some(AtName::One(r)) if r.p == Policy::Reject));
+    assert!(cache.get("_dmarc.b.test").is_none());
+    std::thread::sleep(Duration::from_millis(80));
+    assert!(cache.get("_dmarc.a.test").is_none(), "expired entry served");
+    let off = walk::DmarcCache::new(0);
+    off.insert(
+        "_dmarc.a.test",
+        AtName::Nothing,
+        Instant::now() + Duration::from_secs(60),
+    );
+    assert!(off.get("_dmarc.a.test").is_none());
+}

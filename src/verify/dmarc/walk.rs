@@ -280,11 +280,11 @@ impl DmarcCache {
         }
     }
 
-    fn get(&self, name: &str) -> Option<AtName> {
+    pub(crate) fn get(&self, name: &str) -> Option<AtName> {
         self.entries.get(name).map(|(v, _)| v)
     }
 
-    fn insert(&self, name: &str, value: AtName, until: Instant) {
+    pub(crate) fn insert(&self, name: &str, value: AtName, until: Instant) {
         if self.enabled && until > Instant::now() {
             self.entries.insert(name.into(), (value, until));
         }
