@@ -78,6 +78,19 @@ pub async fn evaluate(
         return outcome;
     }
     let Some(applied) = outcome.discovery.applied.clone() else {
+        // RFC 9989 §4.10 step 2: say so when only several records were found.
+        let several: Vec<String> = outcome
+            .discovery
+            .steps
+            .iter()
+            .filter_map(|s| match s.found {
+                Found::Several(n) => Some(format!("{n} DMARC records at _dmarc.{}", s.name)),
+                _ => None,
+            })
+            .collect();
+        if !several.is_empty() {
+            outcome.reason = format!("{}: none used", several.join(", "));
+        }
         return outcome;
     };
     let record = &applied.record;

@@ -226,6 +226,11 @@ fn several_records_at_the_author_domain_let_the_parent_apply() {
         .record("bank.example", "v=DMARC1; p=reject");
     let (status, ..) = outcome(&dns, "bank.example", &[], NO_SPF);
     assert_eq!(status, DmarcStatus::None);
+    let out = block_on(evaluate(&dns, "bank.example", &[], "", SpfResult::None));
+    assert_eq!(
+        out.reason,
+        "2 DMARC records at _dmarc.bank.example: none used"
+    );
 }
 
 #[test]
