@@ -198,3 +198,29 @@ async fn a_failed_lookup_that_matters_is_temperror() {
     let (action, results) = run(&milter, "ceo@sub.bank.example", "x@attack.example").await;
     assert_eq!(action, "tempfail", "{results}");
 }
+
+/// Item 3: the aggregate report's policy_published is the record applied
+/// and the name that holds it, from the same walk (not the first record
+/// up the tree beside another walk's record).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_report_gets_the_record_applied() {
+    let dns = TestDns::start(
+        zone()
+            .txt("_dmarc.a.bank.example", "v=DMARC1; p=none; adkim=s")
+            .txt("_dmarc.bank.example", "v=DMARC1; p=reject; sp=quarantine"),
+    );
+    let (milter, sink) = TestMilter::start_toml_recording(&format!(
+        "authserv_id = \"mx.example.org\"\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"500ms\"\nattempts = 1\ncache_size = 0\n",
+        dns.addr()
+    ));
+    let (action, results) = run(&milter, "ceo@x.a.bank.example", "x@attack.example").await;
+    assert_eq!(action, "quarantine", "{results}");
+    let records = sink.take();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let policy = records[0].policy.as_ref().unwrap();
+    assert_eq!(
+        (policy.domain.as_str(), policy.p, policy.sp, policy.adkim),
+        ("bank.example", "reject", "quarantine", "r")
+    );
+    assert_eq!(records[0].disposition.as_str(), "quarantine");
+}
