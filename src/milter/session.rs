@@ -229,11 +229,17 @@ impl Session {
             {
                 // Postfix numbers fields per name from 1 (SMFIR_CHGHEADER).
                 msg.results_seen += 1;
-                // RFC 8601 §5: fields with our authserv-id are forged. A
-                // field whose id cannot be read (no id, hostile nesting) is
-                // removed too: another reader might find our id in it.
+                // RFC 8601 §5: fields with our authserv-id are forged. So
+                // are look-alikes of it and fields whose id cannot be read
+                // or holds control or non-ASCII characters: another reader
+                // might find our id in them (see authres::forged).
                 let ours = &msg.runtime.config.authserv_id;
-                if authres::authserv_id(value).is_none_or(|id| id.eq_ignore_ascii_case(ours)) {
+                if let Some(why) = authres::forged(value, ours) {
+                    debug!(
+                        index = msg.results_seen,
+                        reason = why.as_str(),
+                        "forged Authentication-Results field"
+                    );
                     msg.forged_results.push(msg.results_seen);
                 }
             }
