@@ -637,6 +637,9 @@ fn trace_inbound(
         );
     }
     let decision = &evaluated.decision;
+    if let Some(why) = &decision.arc_override {
+        line(text, "arc override", why);
+    }
     line(text, "policy", &decision.branch);
     for o in &decision.overrides {
         line(text, "", format!("override {}: {}", o.kind, o.comment));
@@ -680,6 +683,7 @@ fn trace_inbound(
         "decision".into(),
         json!({
             "branch": decision.branch,
+            "arc_override": decision.arc_override,
             "action": decision.action.as_str(),
             "disposition": decision.disposition.as_str(),
             "overrides": decision.overrides.iter().map(|o| json!({"kind": o.kind, "comment": o.comment})).collect::<Vec<_>>(),

@@ -563,6 +563,7 @@ pub fn verdict_from(
         arc: ArcVerdict {
             status: "fail",
             sealer: Some(t(9)),
+            sealer_results: Some((1, t(9).into_bytes())),
         },
         dmarc: DmarcVerdict {
             status,
