@@ -299,7 +299,7 @@ mod tests {
         assert_eq!(s[2].prop("header.from"), Some("bank.example"));
         assert!(parse_aar(b" i=1; lists.example; dkim=pass (unbalanced").is_none());
         assert!(parse_aar(b" lists.example; dkim=pass").is_none());
-        assert!(parse_aar(&vec![b'('; 100]).is_none());
+        assert!(parse_aar(&[b'('; 100]).is_none());
     }
 
     #[test]

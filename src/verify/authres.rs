@@ -140,7 +140,7 @@ pub fn forged(value: &[u8], ours: &str) -> Option<Forged> {
     if token.is_empty() {
         return Some(Forged::Unreadable);
     }
-    if token.iter().any(|&b| b < 0x20 || b >= 0x7f) {
+    if token.iter().any(|&b| !(0x20..0x7f).contains(&b)) {
         return Some(Forged::Unsafe);
     }
     None
