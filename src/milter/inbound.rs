@@ -396,6 +396,7 @@ fn log_decision(msg: &Message, client: &Client, verdict: &Verdict, decision: &De
         arc = verdict.arc.status,
         aligned,
         branch = %decision.branch,
+        arc_override = decision.arc_override.as_deref().unwrap_or(""),
         action = decision.action.as_str(),
         "inbound message decided"
     );
