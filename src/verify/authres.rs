@@ -1,6 +1,7 @@
 //! Authentication-Results (RFC 8601): the one header field rmilter writes,
 //! and the bounded reader that finds the authserv-id of fields already in a
-//! message, so that forged ones carrying rmilter's id can be removed.
+//! message, so that forged ones carrying rmilter's id, or a look-alike of it
+//! that another reader would take for it, can be removed ([`forged`]).
 //!
 //! Nothing from the message reaches the output unchecked: identifiers are
 //! written only when they are plain domain/selector tokens, free text goes
