@@ -262,28 +262,35 @@ pub async fn explain(runtime: &Runtime, args: &ExplainArgs, message: &[u8]) -> T
         }),
     );
 
-    // Forged Authentication-Results: every field claiming our authserv-id
-    // (or whose id cannot be read) is deleted.
-    let forged = headers
-        .iter()
-        .filter(|(n, _)| {
-            n.trim_ascii_end()
-                .eq_ignore_ascii_case(b"authentication-results")
-        })
-        .filter(|(_, v)| {
-            authres::authserv_id(v).is_none_or(|id| id.eq_ignore_ascii_case(&config.authserv_id))
-        })
-        .count();
-    if forged > 0 {
-        line(
-            &mut text,
-            "removed",
-            format!(
-                "{forged} Authentication-Results field(s) claiming authserv-id {} (forged)",
-                config.authserv_id
-            ),
-        );
+    // Forged Authentication-Results: every field claiming our authserv-id,
+    // a look-alike of it, or an id that cannot be read safely is deleted.
+    let mut forged = Vec::new();
+    let mut index = 0;
+    for (_, value) in headers.iter().filter(|(n, _)| {
+        n.trim_ascii_end()
+            .eq_ignore_ascii_case(b"authentication-results")
+    }) {
+        index += 1;
+        if let Some(why) = authres::forged(value, &config.authserv_id) {
+            forged.push(json!({
+                "index": index,
+                "reason": why.as_str(),
+                "value": String::from_utf8_lossy(value).trim().to_string(),
+            }));
+            line(
+                &mut text,
+                "removed",
+                format!(
+                    "Authentication-Results #{index} ({}; ours is {}): {}",
+                    why.as_str(),
+                    config.authserv_id,
+                    authres::comment_text(&String::from_utf8_lossy(value), 60).trim()
+                ),
+            );
+        }
     }
+    json.insert("forged_results".into(), json!(forged));
+    let forged = forged.len();
     json.insert("forged_results_removed".into(), json!(forged));
 
     let gate = identity::author(headers.iter().map(|(n, v)| (&n[..], &v[..])));
@@ -647,6 +654,9 @@ fn trace_inbound(
         );
     }
     let decision = &evaluated.decision;
+    if let Some(why) = &decision.arc_override {
+        line(text, "arc override", why);
+    }
     line(text, "policy", &decision.branch);
     for o in &decision.overrides {
         line(text, "", format!("override {}: {}", o.kind, o.comment));
@@ -693,6 +703,7 @@ fn trace_inbound(
         "decision".into(),
         json!({
             "branch": decision.branch,
+            "arc_override": decision.arc_override,
             "action": decision.action.as_str(),
             "disposition": decision.disposition.as_str(),
             "overrides": decision.overrides.iter().map(|o| json!({"kind": o.kind, "comment": o.comment})).collect::<Vec<_>>(),

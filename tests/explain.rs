@@ -523,3 +523,98 @@ async fn explain_traces_inbound_and_outbound_messages() {
         format!("rmilter: {}: line 2: bad IPv4 address", zone_path.display())
     );
 }
+
+/// `rmilter explain` says why each Authentication-Results field is removed
+/// and why a trusted ARC sealer's override did or did not apply.
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_shows_removed_results_and_the_arc_override() {
+    let keys = TestKeys::new(&[
+        ("sender.example", "s", KeyAlgorithm::Ed25519),
+        ("lists.example", "arc", KeyAlgorithm::Rsa),
+    ]);
+    let mut zone = txt_line("sender.example", "v=spf1 -all");
+    zone.push_str(&txt_line("_dmarc.sender.example", "v=DMARC1; p=reject"));
+    for (owner, value) in keys.dns() {
+        zone.push_str(&txt_line(&owner, &value));
+    }
+    let dns = TestDns::start(Zone::from_zone_file_lines(&zone));
+    let auth = dns.authenticator(std::time::Duration::from_secs(2));
+    let work = tempfile::tempdir().unwrap();
+    let zone_path = work.path().join("zone.txt");
+    std::fs::write(&zone_path, &zone).unwrap();
+    let cfg = work.path().join("rmilter.toml");
+    std::fs::write(
+        &cfg,
+        "authserv_id = \"mx.example.org\"\n[verify]\ntrusted_arc_sealers = [\"lists.example\"]\n[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout = \"500ms\"\n",
+    )
+    .unwrap();
+    let msg = work.path().join("message.eml");
+    let explain = |message: &[u8]| {
+        std::fs::write(&msg, message).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_rmilter"))
+            .arg("explain")
+            .arg(&msg)
+            .args([
+                "--client-ip",
+                "203.0.113.50",
+                "--mail-from",
+                "bounce@lists.example",
+            ])
+            .arg("--dns")
+            .arg(&zone_path)
+            .arg("-c")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let list = &keys.keys[1];
+    let tag = |raw: &[u8]| {
+        String::from_utf8_lossy(raw)
+            .replacen("Subject: ", "Subject: [list] ", 1)
+            .into_bytes()
+    };
+
+    // A spoof the list recorded as dmarc=fail, with a look-alike field.
+    let spoof = common::message("CEO <ceo@sender.example>", "pay now", "Wire it.\r\n");
+    let sealed = common::sign::arc_seal(list, &auth, &spoof, "sender.example", &tag(&spoof)).await;
+    let forged = [
+        &b"Authentication-Results: mx.example.org.; dmarc=pass\r\n"[..],
+        b"Authentication-Results: upstream.example; spf=pass\r\n",
+        &sealed,
+    ]
+    .concat();
+    let text = explain(&forged);
+    for step in [
+        "removed      Authentication-Results #1 (authserv-id is ours or a look-alike of it; ours is mx.example.org): mx.example.org.; dmarc=pass",
+        "arc          pass (sealer lists.example)",
+        "arc override not applied: trusted sealer lists.example, sealer recorded dmarc=fail for sender.example",
+        "arc-override-refused=lists.example",
+        "action       reject",
+    ] {
+        assert!(text.contains(step), "missing {step:?} in\n{text}");
+    }
+    assert!(!text.contains("#2"), "{text}");
+
+    // The genuine message the list saw pass.
+    let genuine = sign(
+        &keys.keys[0],
+        &common::message("Alice <alice@sender.example>", "minutes", "Attached.\r\n"),
+        &SignOptions::default(),
+    );
+    let sealed =
+        common::sign::arc_seal(list, &auth, &genuine, "sender.example", &tag(&genuine)).await;
+    let text = explain(&sealed);
+    for step in [
+        "arc override applied: trusted sealer lists.example, sealer recorded dmarc=pass for sender.example",
+        "override trusted_forwarder: arc=pass from trusted sealer lists.example",
+        "action       accept",
+    ] {
+        assert!(text.contains(step), "missing {step:?} in\n{text}");
+    }
+}

@@ -458,3 +458,111 @@ async fn a_live_socket_is_never_taken_over_but_a_stale_one_is() {
     assert!(err.contains("is not a socket"), "{err}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
 }
+
+/// The header-field deletions of an outcome: (name, index).
+fn deleted(actions: &[EomAction]) -> Vec<(String, i32)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            EomAction::DeleteHeader { name, index } => {
+                Some((name.to_string_lossy().into_owned(), *index))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A message from `from` with one forged and one foreign
+/// Authentication-Results field, then `fillers` more fields.
+fn with_forged_results(from: &str, fillers: usize) -> Vec<u8> {
+    let mut raw = String::from(
+        "Authentication-Results: mx.example.org; dmarc=pass header.from=example.com\r\n\
+         Authentication-Results: upstream.example; spf=pass\r\n",
+    );
+    raw.push_str(&format!("From: {from}\r\nSubject: s\r\n"));
+    for i in 0..fillers {
+        raw.push_str(&format!("X-Filler-{i}: {i}\r\n"));
+    }
+    raw.push_str("\r\nbody\r\n");
+    raw.into_bytes()
+}
+
+const OVERSIZED_ACCEPT: &str = "authserv_id = \"mx.example.org\"\n[limits]\nmax_headers = 50\n[actions]\noversized_headers = \"accept\"\n";
+
+#[tokio::test]
+async fn oversized_header_section_accepted_still_loses_forged_results() {
+    let keys = TestKeys::example_com();
+    let milter = signing_milter(&keys, OVERSIZED_ACCEPT);
+    // Inbound: on to end of message, forged field deleted, and our field
+    // says nothing was verified.
+    let raw = with_forged_results("ceo@example.com", 60);
+    let out = drive::drive(milter.inet_addr(), &Envelope::inbound(), &raw).await;
+    assert_eq!((out.stage, &out.status), ("eom", &Status::Continue));
+    assert_eq!(
+        deleted(&out.actions),
+        [("Authentication-Results".to_string(), 1)]
+    );
+    let ar = out.inserted("Authentication-Results");
+    assert_eq!(ar.len(), 1, "{ar:?}");
+    assert!(ar[0].contains("dmarc=permerror"), "{ar:?}");
+    let text = String::from_utf8_lossy(&out.message);
+    assert!(!text.contains("dmarc=pass"), "{text}");
+    // Outbound with a forged field: deleted, not signed.
+    let out = drive::drive(
+        milter.inet_addr(),
+        &Envelope::authenticated("alice"),
+        &with_forged_results("alice@example.com", 60),
+    )
+    .await;
+    assert_eq!((out.stage, &out.status), ("eom", &Status::Continue));
+    assert_eq!(
+        deleted(&out.actions),
+        [("Authentication-Results".to_string(), 1)]
+    );
+    assert!(out.inserted("DKIM-Signature").is_empty());
+    // Outbound without one: accepted at end of headers as before.
+    let mut clean = String::from("From: alice@example.com\r\n");
+    for i in 0..60 {
+        clean.push_str(&format!("X-Filler-{i}: {i}\r\n"));
+    }
+    clean.push_str("\r\nbody\r\n");
+    let out = drive::drive(
+        milter.inet_addr(),
+        &Envelope::authenticated("alice"),
+        clean.as_bytes(),
+    )
+    .await;
+    assert_eq!((out.stage, &out.status), ("eoh", &Status::Accept));
+}
+
+#[tokio::test]
+async fn look_alike_results_are_deleted() {
+    let keys = TestKeys::example_com();
+    let milter = signing_milter(&keys, "authserv_id = \"mx.desk.example\"\n");
+    let forms: [&[u8]; 12] = [
+        b" mx.desk.example\x0b; dmarc=pass",
+        b" mx.desk.example\xc2\xa0; dmarc=pass",
+        b" mx.desk.example.; dmarc=pass",
+        b" mx.desk.example,x; dmarc=pass",
+        b" mx.desk.example/x; dmarc=pass",
+        b" mx.desk.example:x; dmarc=pass",
+        b" mx.desk.example=x; dmarc=pass",
+        " mx.de\u{17f}k.example; dmarc=pass".as_bytes(),
+        " mx.des\u{212a}.example; dmarc=pass".as_bytes(),
+        b" MX.DESK.EXAMPLE; dmarc=pass",
+        b" mx.desk.example.org; dmarc=pass",
+        b" upstream.example; dmarc=pass",
+    ];
+    let mut raw = Vec::new();
+    for form in forms {
+        raw.extend_from_slice(b"Authentication-Results:");
+        raw.extend_from_slice(form);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"From: carol@other.example\r\nSubject: s\r\n\r\nbody\r\n");
+    let out = drive::drive(milter.inet_addr(), &Envelope::authenticated("a"), &raw).await;
+    assert_eq!((out.stage, &out.status), ("eom", &Status::Continue));
+    let indices: Vec<i32> = deleted(&out.actions).into_iter().map(|(_, i)| i).collect();
+    // Highest first; the last two (another host, a foreign one) are kept.
+    assert_eq!(indices, (1..=10).rev().collect::<Vec<i32>>());
+}

@@ -26,6 +26,10 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with("mx.example.org")
+}
+
+fn setup_with(authserv_id: &str) -> Setup {
     let keys = TestKeys::new(&[("sender.example", "ed", KeyAlgorithm::Ed25519)]);
     let mut zone = Zone::new()
         .a("sender.example", OUTSIDE.parse().unwrap())
@@ -38,7 +42,7 @@ fn setup() -> Setup {
     }
     let dns = TestDns::start(zone);
     let milter = TestMilter::start_toml(&format!(
-        "authserv_id = \"mx.example.org\"\n[outbound]\nnetworks = []\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\n",
+        "authserv_id = \"{authserv_id}\"\n[outbound]\nnetworks = []\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\n",
         dns.addr()
     ));
     let pf = Postfix::start(PostfixConfig {
@@ -125,6 +129,56 @@ fn forged_results_never_survive_postfix() {
         );
         s.pf.sink().clear();
     }
+}
+
+/// Look-alikes of the authserv-id that other readers (Sieve, MDAs,
+/// Python/Perl/JS parsers) take for ours never reach the mailbox.
+#[test]
+fn look_alike_results_never_survive_postfix() {
+    let s = setup_with("mx.desk.example");
+    let body = common::message("Alice <alice@sender.example>", "ar", "Hello.\r\n");
+    let forms: [&[u8]; 11] = [
+        b"mx.desk.example\x0b; dmarc=pass",
+        b"mx.desk.example\xc2\xa0; dmarc=pass",
+        b"mx.desk.example.; dmarc=pass",
+        b"mx.desk.example,x; dmarc=pass",
+        b"mx.desk.example/x; dmarc=pass",
+        b"mx.desk.example:x; dmarc=pass",
+        b"mx.desk.example=x; dmarc=pass",
+        "mx.de\u{17f}k.example; dmarc=pass".as_bytes(),
+        "mx.des\u{212a}.example; dmarc=pass".as_bytes(),
+        b"\"mx.desk.example\"; dmarc=pass",
+        b"Mx.Desk.Example; dmarc=pass",
+    ];
+    let mut head = Vec::new();
+    for form in forms {
+        head.extend_from_slice(b"Authentication-Results: ");
+        head.extend_from_slice(form);
+        head.extend_from_slice(b"\r\nAuthentication-Results: upstream.example; spf=pass\r\n");
+    }
+    let raw = sign(
+        &s.keys.keys[0],
+        &[&head[..], &body[..]].concat(),
+        &SignOptions::default(),
+    );
+    let out =
+        s.pf.submit(&from_outside(OUTSIDE, "alice@sender.example", &raw));
+    assert!(out.accepted(), "{out:?}\n{}", s.pf.diag());
+    let delivered = s.pf.sink().wait_for(1, WAIT);
+    assert_eq!(delivered.len(), 1, "{}", s.pf.diag());
+    let fields = delivered[0].header_values("Authentication-Results");
+    // Ours (DMARC passes: the signature covers no A-R) and the foreign ones.
+    assert_eq!(fields.len(), 1 + forms.len(), "{fields:#?}");
+    assert!(
+        fields[0].starts_with("mx.desk.example;") && fields[0].contains("dmarc=pass"),
+        "{fields:#?}"
+    );
+    assert!(
+        fields[1..]
+            .iter()
+            .all(|f| f == "upstream.example; spf=pass"),
+        "{fields:#?}"
+    );
 }
 
 #[test]

@@ -882,3 +882,71 @@ async fn idn_and_normalisation() {
         assert!(queried.iter().all(|n| n.is_ascii()), "{queried:?}");
     }
 }
+
+/// RFC 8617 §7.2: a trusted list's passing chain overrides a DMARC failure
+/// only when the list recorded the author authenticated. The spoof of a
+/// p=reject domain that the list recorded as dmarc=fail and sealed is
+/// refused; the genuine message the list saw pass (and then broke by
+/// tagging the subject) is accepted.
+#[tokio::test(flavor = "multi_thread")]
+async fn trusted_arc_sealer_override_reads_what_the_sealer_saw() {
+    let keys = TestKeys::new(&[
+        ("sender.example", "s", KeyAlgorithm::Ed25519),
+        ("lists.example", "arc", KeyAlgorithm::Rsa),
+    ]);
+    let mut zone = Zone::new()
+        .txt("sender.example", "v=spf1 -all")
+        .txt("_dmarc.sender.example", "v=DMARC1; p=reject");
+    for (name, value) in keys.dns() {
+        zone = zone.txt(&name, &value);
+    }
+    let dns = TestDns::start(zone);
+    let auth = dns.authenticator(std::time::Duration::from_secs(2));
+    let milter = TestMilter::start_toml(&format!(
+        "authserv_id = \"{AUTHSERV}\"\n[verify]\ntrusted_arc_sealers = [\"lists.example\"]\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\n",
+        dns.addr()
+    ));
+    let list = &keys.keys[1];
+    let tag = |raw: &[u8]| {
+        String::from_utf8_lossy(raw)
+            .replacen("Subject: ", "Subject: [list] ", 1)
+            .into_bytes()
+    };
+    let from_list = || {
+        let mut env = envelope("bounce@lists.example");
+        env.client_addr = "203.0.113.50:40000".parse().unwrap();
+        env
+    };
+
+    // The spoof: unsigned, the list recorded dmarc=fail, sealed anyway.
+    let spoof = common::message("CEO <ceo@sender.example>", "pay now", "Wire it.\r\n");
+    let sealed = common::sign::arc_seal(list, &auth, &spoof, "sender.example", &tag(&spoof)).await;
+    assert!(
+        String::from_utf8_lossy(&sealed).contains("dmarc=fail"),
+        "the list's AAR: {}",
+        String::from_utf8_lossy(&sealed)
+    );
+    let out = drive::drive(milter.inet_addr(), &from_list(), &sealed).await;
+    assert!(
+        matches!(out.status, Status::Reject { .. }),
+        "spoof accepted: {:?}",
+        out.status
+    );
+
+    // The genuine message: signed, the list saw dmarc=pass, then tagged it.
+    let genuine = sign(
+        &keys.keys[0],
+        &common::message("Alice <alice@sender.example>", "minutes", "Attached.\r\n"),
+        &SignOptions::default(),
+    );
+    let sealed =
+        common::sign::arc_seal(list, &auth, &genuine, "sender.example", &tag(&genuine)).await;
+    let out = drive::drive(milter.inet_addr(), &from_list(), &sealed).await;
+    assert_eq!(out.status, Status::Continue, "{}", reply(&out));
+    let ar = results(&out);
+    assert!(
+        ar.contains("dmarc=fail"),
+        "the chain overrides, DMARC still fails: {ar}"
+    );
+    assert!(ar.contains("arc=pass (sealer lists.example)"), "{ar}");
+}

@@ -98,6 +98,15 @@ pub fn refused(config: &Config, refusal: &Refusal) -> (String, Option<String>) {
     (field, hold)
 }
 
+/// The Authentication-Results value for an inbound message let in without
+/// verification (`why`): dmarc=permerror, never pass or none.
+pub fn not_verified(config: &Config, why: &str) -> String {
+    authres::render(
+        config.authserv_id.as_str(),
+        &[ResInfo::new("dmarc", "permerror").comment(format!("{why}; not verified"))],
+    )
+}
+
 /// The client address verification uses: IPv4-mapped IPv6 as IPv4.
 pub fn client_ip(addr: Option<IpAddr>) -> Option<IpAddr> {
     addr.map(|ip| match ip {
@@ -387,6 +396,7 @@ fn log_decision(msg: &Message, client: &Client, verdict: &Verdict, decision: &De
         arc = verdict.arc.status,
         aligned,
         branch = %decision.branch,
+        arc_override = decision.arc_override.as_deref().unwrap_or(""),
         action = decision.action.as_str(),
         "inbound message decided"
     );

@@ -190,7 +190,7 @@ impl Session {
 
     /// MAIL starts a new message: its state is created here from the
     /// current runtime and nothing of an earlier message survives.
-    pub fn mail(&mut self, sender: &str, macros: &Macros) -> Reply {
+    pub fn mail(&mut self, sender: &str, macros: &impl MacroSource) -> Reply {
         let auth_user = macro_value(macros, "{auth_authen}").filter(|v| !v.is_empty());
         self.message = Some(Message {
             runtime: self.state.runtime(),
@@ -229,11 +229,17 @@ impl Session {
             {
                 // Postfix numbers fields per name from 1 (SMFIR_CHGHEADER).
                 msg.results_seen += 1;
-                // RFC 8601 §5: fields with our authserv-id are forged. A
-                // field whose id cannot be read (no id, hostile nesting) is
-                // removed too: another reader might find our id in it.
+                // RFC 8601 §5: fields with our authserv-id are forged. So
+                // are look-alikes of it and fields whose id cannot be read
+                // or holds control or non-ASCII characters: another reader
+                // might find our id in them (see authres::forged).
                 let ours = &msg.runtime.config.authserv_id;
-                if authres::authserv_id(value).is_none_or(|id| id.eq_ignore_ascii_case(ours)) {
+                if let Some(why) = authres::forged(value, ours) {
+                    debug!(
+                        index = msg.results_seen,
+                        reason = why.as_str(),
+                        "forged Authentication-Results field"
+                    );
                     msg.forged_results.push(msg.results_seen);
                 }
             }
@@ -259,7 +265,7 @@ impl Session {
     /// End of headers: decide the direction, run the From gate, then
     /// either choose the keys and start signing (outbound) or start
     /// collecting the message for verification (inbound).
-    pub fn eoh(&mut self, macros: &Macros) -> Reply {
+    pub fn eoh(&mut self, macros: &impl MacroSource) -> Reply {
         let reply = self.eoh_stage(macros);
         // An answer other than continue ends the message here.
         if reply != Reply::Continue
@@ -272,7 +278,7 @@ impl Session {
         reply
     }
 
-    fn eoh_stage(&mut self, macros: &Macros) -> Reply {
+    fn eoh_stage(&mut self, macros: &impl MacroSource) -> Reply {
         let direction = self.direction(macros);
         let metrics = self.state.metrics().clone();
         let leading_space = self.leading_space;
@@ -298,6 +304,15 @@ impl Session {
             metrics.action(config.actions.oversized_headers, "oversized_headers");
             if config.actions.oversized_headers == Action::Quarantine {
                 msg.hold = Some("rmilter: message header section too big".to_string());
+            }
+            // Accepted, it still goes on to end of message when forged
+            // Authentication-Results must be deleted, or (inbound) when it
+            // must be marked as not verified: Postfix applies header edits
+            // only there.
+            if config.actions.oversized_headers == Action::Accept
+                && (!msg.forged_results.is_empty() || !direction.is_outbound())
+            {
+                return Reply::Continue;
             }
             return act(config.actions.oversized_headers, Failure::HeadersTooBig);
         }
@@ -409,17 +424,20 @@ impl Session {
 
     /// End of message: finish the signatures (outbound) or verify and
     /// decide (inbound). Returns the header edits, quarantine and reply.
-    pub async fn eom(&mut self, macros: &Macros) -> EomPlan {
+    pub async fn eom(&mut self, macros: &impl MacroSource) -> EomPlan {
         // A peer that skips end-of-headers still gets the From gate and a
         // direction: nothing reaches end of message undecided.
+        // A message accepted there still has its forged fields deleted
+        // below; only a refused one ends here.
         if self.message.as_ref().is_some_and(|m| !m.headers_done) {
-            let reply = self.eoh(macros);
-            if reply != Reply::Continue {
-                self.message = None;
-                return EomPlan::reply(match reply {
-                    Reply::Accept | Reply::Noreply => Reply::Continue,
-                    other => other,
-                });
+            let reply = self.eoh_stage(macros);
+            if matches!(reply, Reply::Reject { .. } | Reply::Tempfail { .. }) {
+                if let Some(msg) = self.message.take() {
+                    self.state
+                        .metrics()
+                        .message(msg.direction.is_outbound(), outcome(&reply, false));
+                }
+                return EomPlan::reply(reply);
             }
         }
         let Some(mut msg) = self.message.take() else {
@@ -440,6 +458,16 @@ impl Session {
             warn!(queue_id = %msg.queue_id, count = msg.forged_results.len(), "removing forged Authentication-Results fields");
         }
         let outbound = msg.direction.is_outbound();
+        if msg.headers_too_big && !outbound {
+            // Nothing was verified: say so, never leave the message bare.
+            plan.insert.push((
+                "Authentication-Results",
+                inbound::not_verified(
+                    &msg.runtime.config,
+                    "header section over the configured limits",
+                ),
+            ));
+        }
         let plan = if let Some(reason) = msg.hold.take() {
             plan.quarantine = Some(reason);
             info!(queue_id = %msg.queue_id, "message held in the quarantine (hold) queue");
@@ -520,7 +548,7 @@ impl Session {
         )
     }
 
-    fn direction(&self, macros: &Macros) -> Direction {
+    fn direction(&self, macros: &impl MacroSource) -> Direction {
         let Some(msg) = self.message.as_ref() else {
             return Direction::Inbound;
         };
@@ -644,16 +672,118 @@ fn header_block(headers: &[Header], leading_space: bool) -> Vec<u8> {
     )
 }
 
-fn macro_value(macros: &Macros, name: &str) -> Option<String> {
-    let name = CString::new(name).ok()?;
-    macros
-        .get(&name)
-        .map(|v| v.to_string_lossy().trim().to_string())
+/// Where a stage's macros come from: indymilter's [`Macros`] (and a plain
+/// map in the unit tests, which cannot make one).
+pub trait MacroSource {
+    fn value(&self, name: &str) -> Option<String>;
+}
+
+impl MacroSource for Macros {
+    fn value(&self, name: &str) -> Option<String> {
+        let name = CString::new(name).ok()?;
+        self.get(&name)
+            .map(|v| v.to_string_lossy().trim().to_string())
+    }
+}
+
+fn macro_value(macros: &impl MacroSource, name: &str) -> Option<String> {
+    macros.value(name)
 }
 
 pub(super) fn client_text(client: &Client) -> String {
     match client.addr {
         Some(addr) => format!("{}[{}]", client.hostname, addr.ip()),
         None => client.hostname.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, Overrides, Source};
+    use std::collections::HashMap;
+
+    type Map = HashMap<&'static str, &'static str>;
+
+    impl MacroSource for Map {
+        fn value(&self, name: &str) -> Option<String> {
+            self.get(name).map(|v| v.to_string())
+        }
+    }
+
+    fn session(toml: &str) -> Session {
+        let text = format!(
+            "authserv_id = \"mx.example.org\"\n{toml}\n[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout = \"500ms\"\nattempts = 1\n"
+        );
+        let config = config::from_text(Source::Embedded, &text, &Overrides::default()).unwrap();
+        let runtime = Runtime::from_config(config).unwrap();
+        Session::new(MilterState::new(runtime), true, NoReply::default())
+    }
+
+    /// MAIL, the header fields (a forged and a foreign
+    /// Authentication-Results first), a body, then end of message without
+    /// end of headers.
+    async fn without_eoh(session: &mut Session, macros: &Map, from: &str) -> EomPlan {
+        session.connect("client.example", Some("203.0.113.9:5000".parse().unwrap()));
+        session.mail("<alice@example.com>", macros);
+        session.header(b"Authentication-Results", b" mx.example.org; dmarc=pass");
+        session.header(b"Authentication-Results", b" upstream.example; spf=pass");
+        session.header(b"From", format!(" {from}").as_bytes());
+        for i in 0..20 {
+            session.header(format!("X-Filler-{i}").as_bytes(), b" x");
+        }
+        session.body(b"body\r\n");
+        session.eom(macros).await
+    }
+
+    #[tokio::test]
+    async fn end_of_message_without_end_of_headers_deletes_forged_fields() {
+        let outbound: Map = [("{auth_authen}", "alice"), ("i", "Q1")].into();
+        let inbound: Map = [("i", "Q2")].into();
+        let oversized = "[limits]\nmax_headers = 10\n[actions]\noversized_headers = \"accept\"\n";
+        for (toml, macros, from, inserted) in [
+            // Accepted: the header section is too big.
+            (oversized, &outbound, "alice@example.com", 0),
+            (oversized, &inbound, "alice@example.com", 1),
+            // Outbound without a key for the author domain.
+            ("", &outbound, "carol@other.example", 0),
+            // Outbound, From refused and accepted by configuration.
+            (
+                "[actions]\nbad_from = \"accept\"\n",
+                &outbound,
+                "a@example.com, b@example.com",
+                0,
+            ),
+        ] {
+            let mut s = session(toml);
+            let plan = without_eoh(&mut s, macros, from).await;
+            assert!(
+                matches!(plan.reply, Reply::Continue | Reply::Accept),
+                "{toml} {from}: {:?}",
+                plan.reply
+            );
+            assert_eq!(
+                plan.delete,
+                [("Authentication-Results", 1)],
+                "{toml} {from}"
+            );
+            assert_eq!(plan.insert.len(), inserted, "{toml} {from}");
+            if inserted > 0 {
+                assert!(
+                    plan.insert[0].1.contains("dmarc=permerror"),
+                    "{:?}",
+                    plan.insert
+                );
+            }
+        }
+        // Refused: nothing to delete, the reply says no.
+        let mut s = session("[limits]\nmax_headers = 10\n");
+        let plan = without_eoh(&mut s, &outbound, "alice@example.com").await;
+        assert!(
+            matches!(plan.reply, Reply::Reject { .. }),
+            "{:?}",
+            plan.reply
+        );
+        assert!(plan.delete.is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! Authentication-Results (RFC 8601): the one header field rmilter writes,
 //! and the bounded reader that finds the authserv-id of fields already in a
-//! message, so that forged ones carrying rmilter's id can be removed.
+//! message, so that forged ones carrying rmilter's id, or a look-alike of it
+//! that another reader would take for it, can be removed ([`forged`]).
 //!
 //! Nothing from the message reaches the output unchecked: identifiers are
 //! written only when they are plain domain/selector tokens, free text goes
@@ -50,6 +51,100 @@ pub fn authserv_id(value: &[u8]) -> Option<String> {
     }
     let id = std::str::from_utf8(&value[start..i]).ok()?;
     (!id.is_empty()).then(|| id.to_ascii_lowercase())
+}
+
+/// Why an Authentication-Results field is removed before rmilter adds its
+/// own (RFC 8601 §5: a field claiming to come from us is forged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forged {
+    /// No authserv-id can be read (none, an unbalanced or too deeply
+    /// nested comment, an unterminated quoted-string): another reader might
+    /// still find ours in it.
+    Unreadable,
+    /// The id is ours, or starts with ours (one trailing dot ignored)
+    /// followed by a character no host name holds: `mx.example.org.;`,
+    /// `mx.example.org,x;`, `mx.example.org/x`, ... read as ours elsewhere.
+    Ours,
+    /// The id holds a control or non-ASCII character (VT, NBSP, `ſ`, the
+    /// Kelvin sign, ...): parsers that trim or case-fold Unicode read such
+    /// an id as a look-alike of ours.
+    Unsafe,
+}
+
+impl Forged {
+    /// Why the field is removed, for logs and `rmilter explain`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forged::Unreadable => "no readable authserv-id",
+            Forged::Ours => "authserv-id is ours or a look-alike of it",
+            Forged::Unsafe => "authserv-id holds control or non-ASCII characters",
+        }
+    }
+}
+
+/// Whether the Authentication-Results `value` must be removed because it
+/// claims (or may be read as claiming) authserv-id `ours`, and why. Same
+/// bounds as [`authserv_id`]: linear in at most [`SCAN_LIMIT`] bytes.
+pub fn forged(value: &[u8], ours: &str) -> Option<Forged> {
+    let value = &value[..value.len().min(SCAN_LIMIT)];
+    let Some(start) = skip_cfws(value, 0) else {
+        return Some(Forged::Unreadable);
+    };
+    let id: std::borrow::Cow<'_, [u8]> = if value.get(start) == Some(&b'"') {
+        // RFC 8601 §2.2: authserv-id = value = token / quoted-string.
+        let mut out = Vec::new();
+        let mut i = start + 1;
+        loop {
+            match value.get(i) {
+                None => return Some(Forged::Unreadable),
+                Some(b'"') => break,
+                Some(b'\\') => {
+                    i += 1;
+                    match value.get(i) {
+                        Some(&b) => out.push(b),
+                        None => return Some(Forged::Unreadable),
+                    }
+                }
+                Some(&b) => out.push(b),
+            }
+            i += 1;
+        }
+        out.into()
+    } else {
+        // The rest of the value: what follows the id decides as well.
+        value[start..].into()
+    };
+    // RFC 8601 §5: ours, ASCII case-insensitive, one trailing dot ignored,
+    // followed by the end or by anything a host name cannot hold.
+    let ours = ours.as_bytes();
+    if id.len() >= ours.len() && id[..ours.len()].eq_ignore_ascii_case(ours) {
+        let mut rest = &id[ours.len()..];
+        if let Some(after_dot) = rest.strip_prefix(b".") {
+            rest = after_dot;
+        }
+        if rest
+            .first()
+            .is_none_or(|&b| !(b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
+        {
+            return Some(Forged::Ours);
+        }
+    }
+    let token = if value.get(start) == Some(&b'"') {
+        &id[..]
+    } else {
+        let end = id
+            .iter()
+            .position(|&b| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'\x0c' | b';' | b'('))
+            .unwrap_or(id.len());
+        &id[..end]
+    };
+    if token.is_empty() {
+        return Some(Forged::Unreadable);
+    }
+    if token.iter().any(|&b| !(0x20..0x7f).contains(&b)) {
+        return Some(Forged::Unsafe);
+    }
+    None
 }
 
 /// Skip folding whitespace and (nested) comments from `i`; `None` when a
@@ -221,6 +316,71 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(value)
             );
+        }
+    }
+
+    #[test]
+    fn forged_and_look_alike_ids_are_removed() {
+        use Forged::*;
+        let ours = "mx.desk.example";
+        for (value, verdict) in [
+            // Ours, as every reader sees it.
+            (&b" mx.desk.example; dkim=pass"[..], Some(Ours)),
+            (b" MX.Desk.EXAMPLE 1; none", Some(Ours)),
+            (b" (c) mx.desk.example(c); none", Some(Ours)),
+            (b" \"mx.desk.example\"; none", Some(Ours)),
+            (b" \"mx.desk.exampl\\e\"; none", Some(Ours)),
+            (b" mx.desk.example", Some(Ours)),
+            // Look-alikes that other parsers read as ours.
+            (b" mx.desk.example\x0b; dmarc=pass", Some(Ours)),
+            (b" mx.desk.example\xc2\xa0; dmarc=pass", Some(Ours)),
+            (b" mx.desk.example.; dmarc=pass", Some(Ours)),
+            (b" mx.desk.example.", Some(Ours)),
+            (b" mx.desk.example,x; dmarc=pass", Some(Ours)),
+            (b" mx.desk.example/x; dmarc=pass", Some(Ours)),
+            (b" mx.desk.example:25; dmarc=pass", Some(Ours)),
+            (b" mx.desk.example=; dmarc=pass", Some(Ours)),
+            (b" mx.desk.example_x; dmarc=pass", Some(Ours)),
+            (b" mx.desk.example\"; dmarc=pass", Some(Ours)),
+            (b" \"mx.desk.example.\"; dmarc=pass", Some(Ours)),
+            // Unicode case variants: long s (U+017F), Kelvin sign (U+212A).
+            ("mx.de\u{17f}k.example; dmarc=pass".as_bytes(), Some(Unsafe)),
+            (
+                "mx.des\u{212a}.example; dmarc=pass".as_bytes(),
+                Some(Unsafe),
+            ),
+            (b" \x0bmx.desk.example; dmarc=pass", Some(Unsafe)),
+            ("\u{a0}mx.desk.example; dmarc=pass".as_bytes(), Some(Unsafe)),
+            (b" other.example\x7f; none", Some(Unsafe)),
+            (b" \"other\texample\"; none", Some(Unsafe)),
+            (b" \xff; none", Some(Unsafe)),
+            // No id at all.
+            (b" ; dkim=pass", Some(Unreadable)),
+            (b"", Some(Unreadable)),
+            (b" \x0cmx.desk.example; none", Some(Unreadable)),
+            (b" \"\"; none", Some(Unreadable)),
+            (b" \"mx.desk.example; none", Some(Unreadable)),
+            (b" (mx.desk.example; none", Some(Unreadable)),
+            // Other hosts, ours included as a label or prefix of a name.
+            (b" other.example; dkim=pass", None),
+            (b" mx.desk.example.org; dkim=pass", None),
+            (b" mx.desk.example-2; dkim=pass", None),
+            (b" mx.desk.example2; dkim=pass", None),
+            (b" mx.desk.example..; dkim=pass", None),
+            (b" mx.desk.exampl; dkim=pass", None),
+            (b" a.mx.desk.example; dkim=pass", None),
+            (b" \"other example\"; none", None),
+        ] {
+            assert_eq!(
+                forged(value, ours),
+                verdict,
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        // Nothing the old reader removed is kept.
+        for value in [&b" mx.example.org; none"[..], b" (x) MX.EXAMPLE.ORG"] {
+            assert_eq!(forged(value, "mx.example.org"), Some(Ours));
         }
     }
 

@@ -27,6 +27,9 @@ pub struct Decision {
     pub reply: (&'static str, &'static str, String),
     /// One line for the decision log: which branch was taken.
     pub branch: String,
+    /// Why a trusted ARC sealer's chain did or did not override a DMARC
+    /// failure; `None` when no trusted sealer's passing chain was there.
+    pub arc_override: Option<String>,
 }
 
 /// Decide. `pct_selected` says whether a failing message falls inside a
@@ -90,24 +93,46 @@ pub fn decide(
     };
 
     // RFC 8617 §7.2: a passing chain from a sealer the receiver trusts may
-    // override a DMARC failure (local policy; off unless sealers are listed).
+    // override a DMARC failure (local policy; off unless sealers are listed),
+    // but only when that sealer's ARC-Authentication-Results of the same
+    // instance shows the author domain authenticated (dmarc=pass, or an
+    // aligned DKIM/SPF pass, for this header.from).
+    let mut arc_override = None;
     if dmarc.status == DmarcStatus::Fail
         && verdict.arc.status == "pass"
-        && verdict
+        && action != Action::Accept
+        && let Some(sealer) = verdict
             .arc
             .sealer
             .as_ref()
-            .is_some_and(|s| settings.trusted_arc_sealers.iter().any(|t| t == s))
-        && action != Action::Accept
+            .filter(|s| settings.trusted_arc_sealers.iter().any(|t| t == *s))
     {
-        let sealer = verdict.arc.sealer.clone().unwrap_or_default();
-        overrides.push(Override {
-            kind: "trusted_forwarder",
-            comment: format!("arc=pass from trusted sealer {sealer}"),
-        });
-        branch.push_str(&format!(" arc-override={sealer}"));
-        action = Action::Accept;
-        disposition = Disposition::None;
+        let floor = dmarc
+            .policy_record
+            .as_ref()
+            .map_or(domain, |r| r.domain.as_str());
+        let vouched = match &verdict.arc.sealer_results {
+            Some((instance, aar)) => {
+                super::arc::sealer_vouches(aar, *instance, domain, dmarc.record.as_deref(), floor)
+            }
+            None => Err("no ARC-Authentication-Results of its instance".to_string()),
+        };
+        match vouched {
+            Ok(why) => {
+                overrides.push(Override {
+                    kind: "trusted_forwarder",
+                    comment: format!("arc=pass from trusted sealer {sealer}: {why}"),
+                });
+                branch.push_str(&format!(" arc-override={sealer}"));
+                arc_override = Some(format!("applied: trusted sealer {sealer}, {why}"));
+                action = Action::Accept;
+                disposition = Disposition::None;
+            }
+            Err(why) => {
+                branch.push_str(&format!(" arc-override-refused={sealer}"));
+                arc_override = Some(format!("not applied: trusted sealer {sealer}, {why}"));
+            }
+        }
     }
 
     if let Some(other) = display_domain {
@@ -174,6 +199,7 @@ pub fn decide(
         overrides,
         reply,
         branch,
+        arc_override,
     }
 }
 
@@ -252,6 +278,7 @@ mod tests {
             arc: ArcVerdict {
                 status: "none",
                 sealer: None,
+                sealer_results: None,
             },
             dmarc: DmarcVerdict {
                 status,
@@ -371,20 +398,59 @@ mod tests {
     #[test]
     fn trusted_arc_sealer_overrides_a_failure() {
         let mut v = verdict("victim.example", DmarcStatus::Fail, Policy::Reject);
+        let aar = |text: &str| Some((1, text.as_bytes().to_vec()));
         v.arc = ArcVerdict {
             status: "pass",
             sealer: Some("lists.example".to_string()),
+            sealer_results: aar("i=1; lists.example; dmarc=pass header.from=victim.example"),
         };
         let d = decide_plain(&v);
         assert_eq!(d.action, Action::Accept);
         assert_eq!(d.overrides[0].kind, "trusted_forwarder");
+        assert!(d.arc_override.as_deref().unwrap().starts_with("applied"));
         v.arc.sealer = Some("untrusted.example".to_string());
         assert_eq!(decide_plain(&v).action, Action::Reject);
-        v.arc = ArcVerdict {
-            status: "fail",
-            sealer: Some("lists.example".to_string()),
-        };
+        v.arc.status = "fail";
+        v.arc.sealer = Some("lists.example".to_string());
         assert_eq!(decide_plain(&v).action, Action::Reject);
+    }
+
+    #[test]
+    fn trusted_sealer_must_have_seen_the_author_authenticated() {
+        let mut v = verdict("victim.example", DmarcStatus::Fail, Policy::Reject);
+        for (aar, action) in [
+            // The mailing-list spoof: the list recorded the failure.
+            (
+                Some("i=1; lists.example; dmarc=fail header.from=victim.example"),
+                Action::Reject,
+            ),
+            (
+                Some("i=1; lists.example; dkim=pass header.d=lists.example"),
+                Action::Reject,
+            ),
+            (None, Action::Reject),
+            (
+                Some("i=1; lists.example; dkim=pass header.d=victim.example"),
+                Action::Accept,
+            ),
+        ] {
+            v.arc = ArcVerdict {
+                status: "pass",
+                sealer: Some("lists.example".to_string()),
+                sealer_results: aar.map(|a| (1, a.as_bytes().to_vec())),
+            };
+            let d = decide_plain(&v);
+            assert_eq!(d.action, action, "{aar:?}");
+            let shown = d.arc_override.unwrap_or_default();
+            if action == Action::Reject {
+                assert!(shown.starts_with("not applied"), "{shown}");
+                assert!(
+                    d.branch.contains("arc-override-refused=lists.example"),
+                    "{}",
+                    d.branch
+                );
+            }
+        }
     }
 
     #[test]

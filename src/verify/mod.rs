@@ -10,6 +10,7 @@
 //! evaluated for exactly that domain.
 //! Nothing here reads a verdict from a header rmilter did not write.
 
+pub mod arc;
 pub mod authres;
 pub mod cache;
 pub mod decision;
@@ -123,6 +124,9 @@ pub struct ArcVerdict {
     pub status: &'static str,
     /// `d=` of the newest ARC-Seal.
     pub sealer: Option<String>,
+    /// The newest instance and its ARC-Authentication-Results value: what
+    /// that sealer recorded (read only for a trusted sealer's override).
+    pub sealer_results: Option<(u32, Vec<u8>)>,
 }
 
 /// All results for one message.
@@ -180,6 +184,7 @@ fn temperror_verdict(input: &Input<'_>, reason: &str) -> Verdict {
         arc: ArcVerdict {
             status: "none",
             sealer: None,
+            sealer_results: None,
         },
         dmarc: DmarcVerdict {
             status: DmarcStatus::TempError,
@@ -241,6 +246,7 @@ impl Verifier {
                 arc: ArcVerdict {
                     status: "none",
                     sealer: None,
+                    sealer_results: None,
                 },
                 dmarc,
             };
@@ -297,22 +303,22 @@ impl Verifier {
                 .authenticator
                 .verify_arc(Parameters::new(&message).with_cache(&self.caches))
                 .await;
+            let newest = out.chain().iter().max_by_key(|link| link.seal.header.i);
             ArcVerdict {
                 status: match out.result() {
                     mail_auth::DkimResult::Pass => "pass",
                     mail_auth::DkimResult::None => "none",
                     _ => "fail",
                 },
-                sealer: out
-                    .chain()
-                    .iter()
-                    .max_by_key(|link| link.seal.header.i)
-                    .map(|link| link.seal.header.d.to_ascii_lowercase()),
+                sealer: newest.map(|link| link.seal.header.d.to_ascii_lowercase()),
+                sealer_results: newest
+                    .map(|link| (link.seal.header.i, link.results.value.to_vec())),
             }
         } else {
             ArcVerdict {
                 status: "none",
                 sealer: None,
+                sealer_results: None,
             }
         };
 

@@ -252,7 +252,8 @@ fn crlf_to_lf(v: &[u8]) -> Vec<u8> {
 // Authentication-Results: the authserv-id reader
 
 /// The authserv-id reader never panics, returns a lower-case non-empty id
-/// within its scan limit, and ignores leading CFWS.
+/// within its scan limit, and ignores leading CFWS; the forged-field check
+/// removes every value it cannot read or reads as ours.
 pub fn authserv_id_reader(value: &[u8]) -> bool {
     let id = authres::authserv_id(value);
     if let Some(id) = &id {
@@ -266,6 +267,11 @@ pub fn authserv_id_reader(value: &[u8]) -> bool {
         let mut longer = prefix.to_vec();
         longer.extend_from_slice(value);
         assert_eq!(authres::authserv_id(&longer), id, "CFWS before the id");
+    }
+    // Whatever the reader cannot read, or reads as ours, is removed.
+    let ours = "mx.example.org";
+    if id.as_deref().is_none_or(|id| id == ours) {
+        assert!(authres::forged(value, ours).is_some(), "kept: {id:?}");
     }
     id.is_some()
 }
@@ -558,6 +564,7 @@ pub fn verdict_from(
         arc: ArcVerdict {
             status: "fail",
             sealer: Some(t(9)),
+            sealer_results: Some((1, t(9).into_bytes())),
         },
         dmarc: DmarcVerdict {
             status,
