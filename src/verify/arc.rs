@@ -9,7 +9,8 @@
 //! `resinfo` statements: comments dropped, quoted values unquoted, one
 //! statement per `;`. Anything it cannot read vouches for nothing.
 
-use mail_auth::dmarc::{Alignment, DmarcRecord};
+use super::dmarc::Record as DmarcRecord;
+use mail_auth::dmarc::Alignment;
 
 /// The longest ARC-Authentication-Results value read (a few results with
 /// comments; anything longer vouches for nothing).
