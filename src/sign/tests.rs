@@ -14,6 +14,9 @@ fn signing() -> Signing {
             .collect(),
         expire: None,
         subdomains: false,
+        rule_match: crate::config::RuleMatch::First,
+        rules: Vec::new(),
+        logins: Default::default(),
     }
 }
 
@@ -29,6 +32,7 @@ fn table(dir: &std::path::Path, rows: &[(&str, &str)]) -> KeyTable {
                     path: g.path,
                     algorithm: None,
                     origin: "test".into(),
+                    ..Default::default()
                 })
                 .unwrap(),
             )

@@ -1029,6 +1029,7 @@ pub fn signing_keys() -> &'static [Arc<LoadedKey>; 2] {
             path,
             algorithm: None,
             origin: "properties".into(),
+            ..Default::default()
         })
         .expect("RSA key");
         [Arc::new(ed.key), Arc::new(rsa)]
