@@ -146,7 +146,7 @@ fn signer(c: &mut Criterion) {
         ("ed25519", "ed2026.pem", "ed2026"),
         ("rsa2048", "rsa2026.pem", "rsa2026"),
     ] {
-        let keys = [key(file, selector)];
+        let keys = rmilter::sign::Selected::own(&[key(file, selector)]);
         c.bench_function(&format!("sign_2k/{name}"), |b| {
             b.iter(|| {
                 let mut s = MessageSigner::start(&keys, &names, &signing, &block);
