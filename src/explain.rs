@@ -413,7 +413,7 @@ fn results_display(value: &str) -> String {
     }
 }
 
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn outbound(
     runtime: &Runtime,
     login: Option<&str>,
