@@ -35,6 +35,7 @@ pub fn sign(key: &TestKey, raw: &[u8], opts: &SignOptions<'_>) -> Vec<u8> {
         path: key.path.clone(),
         algorithm: None,
         origin: "test".into(),
+        ..Default::default()
     })
     .expect("load test key");
     let signature = DkimSigner::from_key(loaded.key.clone())
@@ -69,6 +70,7 @@ pub async fn arc_seal(
         path: key.path.clone(),
         algorithm: None,
         origin: "test".into(),
+        ..Default::default()
     })
     .expect("load test key");
     let seen = AuthenticatedMessage::parse(received).expect("parse the received message");
