@@ -251,10 +251,14 @@ fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
-/// Bits of a DER INTEGER's magnitude.
+/// Bits of a DER INTEGER's magnitude, exactly: a 1023-bit modulus is 1023,
+/// not the 1024 its 128 bytes hold.
 fn integer_bits(int: &[u8]) -> usize {
-    let significant = int.iter().skip_while(|&&b| b == 0).count();
-    significant * 8
+    let mut significant = int.iter().skip_while(|&&b| b == 0);
+    match significant.next() {
+        Some(&first) => significant.count() * 8 + (8 - first.leading_zeros() as usize),
+        None => 0,
+    }
 }
 
 /// The modulus size of a DER RSA private key (PKCS#1 `RSAPrivateKey`, or

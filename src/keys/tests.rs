@@ -232,3 +232,26 @@ fn public_key_sizes_from_dns_records() {
     assert_eq!(der_rsa_public_bits(b"junk"), None);
     assert_eq!(der_rsa_public_bits(&[]), None);
 }
+
+#[test]
+fn rsa_public_key_bits_are_exact() {
+    // A 1023-bit and a 1024-bit modulus are both 128 bytes long.
+    for (bits, first) in [(1023usize, 0x40u8), (1024, 0x80), (1017, 0x01)] {
+        let mut modulus = vec![0u8; 128];
+        modulus[0] = first;
+        modulus[127] = 1;
+        // RSAPublicKey { modulus INTEGER, publicExponent INTEGER 65537 },
+        // with the sign octet DER puts before a high first bit.
+        let mut int = vec![0x02, 0x81];
+        let body: Vec<u8> = if first & 0x80 != 0 {
+            [&[0u8][..], &modulus].concat()
+        } else {
+            modulus.clone()
+        };
+        int.push(body.len() as u8);
+        int.extend_from_slice(&body);
+        int.extend_from_slice(&[0x02, 0x03, 0x01, 0x00, 0x01]);
+        let der = [&[0x30, 0x81, int.len() as u8][..], &int].concat();
+        assert_eq!(der_rsa_public_bits(&der), Some(bits), "{bits}");
+    }
+}
