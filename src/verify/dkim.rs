@@ -68,6 +68,11 @@ pub struct Prefiltered {
     /// At most `max` refused signatures one by one (author-aligned ones
     /// first), then one summary of the rest.
     pub verdicts: Vec<DkimVerdict>,
+    /// How many signatures the summary at the end of `verdicts` stands for
+    /// (0: no summary).
+    pub summarised: usize,
+    /// The `d=` of each signature failed for its body hash before the cap.
+    pub body_hash_failed: Vec<String>,
     pub skipped: usize,
 }
 
@@ -227,6 +232,7 @@ pub fn prefilter(message: &mut AuthenticatedMessage<'_>, author: &str, max: usiz
     // More candidates than the cap: a signature whose body hash does not
     // match needs no key and takes no place (RFC 6376 §6.1.3: PERMFAIL).
     let candidates = decisions.iter().filter(|d| d.is_none()).count();
+    let mut body_hash_failed = Vec::new();
     if candidates > max {
         let body = message.raw_body();
         let mut hashes: Vec<(Canonicalization, Option<Vec<u8>>)> = Vec::new();
@@ -246,6 +252,7 @@ pub fn prefilter(message: &mut AuthenticatedMessage<'_>, author: &str, max: usiz
             };
             if bh.is_some_and(|bh| bh != sig.bh) {
                 decisions[i] = Some((DkimStatus::Fail, "body hash mismatch"));
+                body_hash_failed.push(sig.d.to_ascii_lowercase());
             }
         }
     }
@@ -282,18 +289,21 @@ pub fn prefilter(message: &mut AuthenticatedMessage<'_>, author: &str, max: usiz
             Err(DkimError::UnsupportedAlgorithm)
         }
     });
+    let (verdicts, summarised) = bounded(verdicts, author, max);
     Prefiltered {
-        verdicts: bounded(verdicts, author, max),
+        verdicts,
+        summarised,
+        body_hash_failed,
         skipped: skipped_count,
     }
 }
 
 /// At most `max` refused signatures listed one by one, author-aligned ones
 /// first (they matter to the sender's reports), in field order otherwise;
-/// the rest become one summary without identifiers.
-fn bounded(verdicts: Vec<DkimVerdict>, author: &str, max: usize) -> Vec<DkimVerdict> {
+/// the rest become one summary without identifiers, whose size is returned.
+fn bounded(verdicts: Vec<DkimVerdict>, author: &str, max: usize) -> (Vec<DkimVerdict>, usize) {
     if verdicts.len() <= max {
-        return verdicts;
+        return (verdicts, 0);
     }
     let (aligned, other): (Vec<_>, Vec<_>) = verdicts
         .into_iter()
@@ -309,7 +319,7 @@ fn bounded(verdicts: Vec<DkimVerdict>, author: &str, max: usize) -> Vec<DkimVerd
         status: DkimStatus::PermError,
         reason: format!("{rest} more signatures refused without verification"),
     });
-    listed
+    (listed, rest)
 }
 
 /// Turn mail-auth's outputs for the retained signatures into verdicts and
@@ -462,15 +472,15 @@ mod tests {
         };
         let mut many: Vec<DkimVerdict> = (0..100).map(|i| v(&format!("junk{i}.example"))).collect();
         many.push(v("author.example"));
-        let out = bounded(many, "author.example", 3);
-        assert_eq!(out.len(), 4);
+        let (out, rest) = bounded(many, "author.example", 3);
+        assert_eq!((out.len(), rest), (4, 98));
         assert_eq!(out[0].domain, "author.example");
         assert_eq!(out[3].domain, "");
         assert_eq!(
             out[3].reason,
             "98 more signatures refused without verification"
         );
-        let few = bounded(vec![v("a.example")], "author.example", 3);
-        assert_eq!(few.len(), 1);
+        let (few, rest) = bounded(vec![v("a.example")], "author.example", 3);
+        assert_eq!((few.len(), rest), (1, 0));
     }
 }
