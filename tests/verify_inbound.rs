@@ -1028,3 +1028,34 @@ async fn min_rsa_bits_reads_the_key_record_as_dkim_does() {
         assert!(ar.contains("dmarc=fail"), "{label}: {ar}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spf_exp_is_never_fetched() {
+    let dns = TestDns::start(
+        Zone::new()
+            .txt(
+                "expfail.example",
+                "v=spf1 -all exp=%{l}.%{i}.explain.expfail.example",
+            )
+            .txt("x.198.51.100.7.explain.expfail.example", "you are %{i}"),
+    );
+    let toml = format!(
+        "authserv_id = \"{AUTHSERV}\"\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\n",
+        dns.addr()
+    );
+    let milter = TestMilter::start_toml(&toml);
+    let out = drive::drive(
+        milter.inet_addr(),
+        &envelope("x@expfail.example"),
+        &common::message("a@elsewhere.example", "s", "b\r\n"),
+    )
+    .await;
+    let ar = results(&out);
+    assert!(ar.contains("spf=fail"), "{ar}");
+    let asked: Vec<_> = dns
+        .query_log()
+        .into_iter()
+        .filter(|(n, _, _)| n.contains("explain"))
+        .collect();
+    assert!(asked.is_empty(), "exp= fetched: {asked:?}");
+}

@@ -501,7 +501,6 @@ impl SpfOutcome {
             reason: reason.to_string(),
             dns_queries: 0,
             void_lookups: 0,
-            explanation: None,
         }
     }
 
@@ -513,7 +512,6 @@ impl SpfOutcome {
             reason: reason.to_string(),
             dns_queries: 0,
             void_lookups: 0,
-            explanation: None,
         }
     }
 }
