@@ -105,11 +105,7 @@ impl LoadedKey {
     /// Like [`LoadedKey::load`], also accepting files and directories
     /// owned by the uid `trusted` (see `keys.owner`).
     pub fn load_trusting(spec: &KeySpec, trusted: Option<u32>) -> Result<LoadedKey, KeyError> {
-        safety::check(&spec.path, trusted)?;
-        let pem = std::fs::read(&spec.path).map_err(|error| KeyError::Io {
-            path: spec.path.clone(),
-            error,
-        })?;
+        let pem = safety::read(&spec.path, trusted)?;
         let parsed = parse_private_key(&spec.path, &pem)?;
         if let Some(expected) = spec.algorithm
             && expected != parsed.algorithm
