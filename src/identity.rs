@@ -12,10 +12,14 @@
 //! address is reported in [`Author::display_domain`], so callers can flag it.
 //!
 //! RFC 2047 encoded-words are decoded only to look for such hidden addresses
-//! (in display names, quoted strings and comments; never in an addr-spec).
-//! The decoder handles the B and Q encodings and the charsets utf-8, us-ascii
-//! and iso-8859-1; an encoded-word in any other charset, or one that does not
-//! decode cleanly, is left as it was written.
+//! (in display names, quoted strings, comments and the local part; never to
+//! read the addr-spec itself), in every charset mail-parser knows (an
+//! unknown one is read as UTF-8, as mail-parser does); a local part holding
+//! an address (`"ceo@bank.example"@evil.example`) is reported the same way.
+//!
+//! A value that is not UTF-8 (a raw Latin-1 display name, still common) is
+//! accepted when its addr-spec is plain ASCII: the other bytes can only be
+//! display text, read as opaque.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -172,8 +176,10 @@ fn classify_name(name: &[u8]) -> FieldName {
     }
 }
 
-/// Check the raw value and unfold it.
-fn unfold(raw: &[u8]) -> Result<String, Refusal> {
+/// Check the raw value and unfold it. The flag is set when the value was not
+/// UTF-8 and its invalid bytes were replaced (U+FFFD, which reads as atext:
+/// no ASCII delimiter is ever consumed by the replacement).
+fn unfold(raw: &[u8]) -> Result<(String, bool), Refusal> {
     for (i, &b) in raw.iter().enumerate() {
         let next = raw.get(i + 1).copied();
         match b {
@@ -187,17 +193,27 @@ fn unfold(raw: &[u8]) -> Result<String, Refusal> {
             _ => {}
         }
     }
-    // RFC 6532 §3.2: UTF-8 is allowed in header values; anything else is not.
-    let text =
-        std::str::from_utf8(raw).map_err(|_| Refusal::Malformed("From is not valid utf-8"))?;
+    // RFC 6532 §3.2: UTF-8 is allowed in header values. Raw 8-bit text in
+    // another charset is not, but real mail carries it in display names.
+    let text = String::from_utf8_lossy(raw);
+    let lossy = matches!(text, Cow::Owned(_));
     // RFC 5322 §2.2.3: unfolding removes every CRLF that is followed by WSP.
-    Ok(text.replace("\r\n", "").replace('\n', ""))
+    Ok((text.replace("\r\n", "").replace('\n', ""), lossy))
 }
 
 /// Parse the value of the one From field.
 fn parse_value(raw: &[u8]) -> Result<Author, Refusal> {
-    let text = unfold(raw)?;
-    let lexed = lex(&text)?;
+    let (text, lossy) = unfold(raw)?;
+    let author = parse_text(&text, lossy);
+    if lossy && let Err(Refusal::Malformed(_)) = author {
+        // The bytes that are not UTF-8 are the likeliest reason.
+        return Err(Refusal::Malformed("From is not valid utf-8"));
+    }
+    author
+}
+
+fn parse_text(text: &str, lossy: bool) -> Result<Author, Refusal> {
+    let lexed = lex(text)?;
     let mut parser = Parser {
         toks: &lexed.tokens,
         pos: 0,
@@ -210,12 +226,20 @@ fn parse_value(raw: &[u8]) -> Result<Author, Refusal> {
         0 => Err(Refusal::NoAddress),
         1 => {
             let mb = found.first.ok_or(Refusal::NoAddress)?;
+            // Bytes that are not UTF-8 are opaque display text only: an
+            // addr-spec that holds any is read differently by every parser.
+            if lossy && !mb.address.is_ascii() {
+                return Err(Refusal::Malformed("From is not valid utf-8"));
+            }
+            // The local part may show an address too, quoted or encoded.
+            let local = mb.address.rsplit_once('@').map_or("", |(local, _)| local);
             let texts = found
                 .group_names
                 .iter()
                 .map(|g| Cow::Borrowed(g.as_str()))
                 .chain(std::iter::once(Cow::Borrowed(mb.display.as_str())))
-                .chain(lexed.comments.iter().map(|c| unescape(c)));
+                .chain(lexed.comments.iter().map(|c| unescape(c)))
+                .chain(std::iter::once(unescape(local)));
             let display_domain = other_display_domain(texts, &mb.domain);
             Ok(Author {
                 address: mb.address,
@@ -966,115 +990,16 @@ fn decode_encoded_words(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// RFC 2047 §2: `=?charset?encoding?encoded-text?=` at the start of `s`.
-/// Returns the decoded text and the number of bytes used.
+/// RFC 2047 §2: `=?charset?encoding?encoded-text?=` at the start of `s`,
+/// decoded (encodify) and converted from its charset (mail-parser; an
+/// unknown charset reads as UTF-8, invalid sequences replaced). Returns the
+/// text and the number of bytes used.
 fn decode_one(s: &str) -> Option<(String, usize)> {
-    let body = s.strip_prefix("=?")?;
-    let q1 = body.find('?')?;
-    let charset = body.get(..q1)?;
-    if charset.is_empty() || charset.contains(|c: char| c.is_whitespace()) {
-        return None;
-    }
-    // RFC 2231 §5: a language tag may follow the charset after `*`.
-    let charset = charset.split('*').next().unwrap_or_default();
-    let after = body.get(q1 + 1..)?;
-    let mut enc_chars = after.chars();
-    let encoding = enc_chars.next()?;
-    if enc_chars.next()? != '?' {
-        return None;
-    }
-    let data_start = encoding.len_utf8() + 1;
-    let data_and_rest = after.get(data_start..)?;
-    let end = data_and_rest.find('?')?;
-    if data_and_rest.get(end + 1..end + 2)? != "=" {
-        return None;
-    }
-    let data = data_and_rest.get(..end)?;
-    if data.contains(|c: char| c.is_whitespace()) {
-        return None;
-    }
-    let bytes = match encoding {
-        // RFC 2047 §4.1: the "B" encoding is base64 (RFC 2045 §6.8).
-        'B' | 'b' => decode_base64(data)?,
-        // RFC 2047 §4.2: the "Q" encoding.
-        'Q' | 'q' => decode_q(data)?,
-        _ => return None,
-    };
-    let decoded = if charset.eq_ignore_ascii_case("utf-8") {
-        String::from_utf8(bytes).ok()?
-    } else if charset.eq_ignore_ascii_case("us-ascii") {
-        if !bytes.is_ascii() {
-            return None;
-        }
-        String::from_utf8(bytes).ok()?
-    } else if charset.eq_ignore_ascii_case("iso-8859-1") {
-        bytes.iter().map(|&b| char::from(b)).collect()
-    } else {
-        return None;
-    };
-    // "=?" + charset "?" + encoding "?" + data "?="
-    let used = 2 + q1 + 1 + data_start + end + 2;
+    let (word, used) = encodify::rfc2047::EncodedWord::parse(s.as_bytes())?;
+    let bytes = word.decode().ok()?;
+    let mut decoded = String::new();
+    mail_parser::decoders::charsets::decode_append(word.charset, &bytes, &mut decoded);
     Some((decoded, used))
-}
-
-fn decode_base64(data: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(data.len() / 4 * 3 + 3);
-    let mut acc: u32 = 0;
-    let mut bits: u32 = 0;
-    let mut padding = false;
-    for c in data.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => {
-                padding = true;
-                continue;
-            }
-            _ => return None,
-        };
-        if padding {
-            return None;
-        }
-        acc = ((acc << 6) | u32::from(v)) & 0xffff;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(((acc >> bits) & 0xff) as u8);
-        }
-    }
-    Some(out)
-}
-
-fn decode_q(data: &str) -> Option<Vec<u8>> {
-    let b = data.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'_' => out.push(b' '),
-            b'=' => {
-                let hi = hex_value(*b.get(i + 1)?)?;
-                let lo = hex_value(*b.get(i + 2)?)?;
-                out.push((hi << 4) | lo);
-                i += 2;
-            }
-            _ => out.push(c),
-        }
-        i += 1;
-    }
-    Some(out)
-}
-
-fn hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -1059,3 +1059,28 @@ async fn spf_exp_is_never_fetched() {
         .collect();
     assert!(asked.is_empty(), "exp= fetched: {asked:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_latin1_display_name_is_accepted_and_verified() {
+    let w = World::new();
+    let milter = w.milter("");
+    let body = common::message("alice@sender.example", "s", "b\r\n");
+    // The same message with a raw ISO-8859-1 display name ("Jörg").
+    let mut latin1 = b"From: J\xf6rg <alice@sender.example>".to_vec();
+    latin1.extend_from_slice(&body["From: alice@sender.example".len()..]);
+    let raw = sign(w.key("sender.example"), &latin1, &SignOptions::default());
+    let out = drive::drive(milter.inet_addr(), &envelope("x@elsewhere.example"), &raw).await;
+    assert_eq!(out.status, Status::Continue, "{}", reply(&out));
+    let ar = results(&out);
+    assert!(ar.contains("dkim=pass"), "{ar}");
+    assert!(ar.contains("dmarc=pass"), "{ar}");
+    // 8-bit bytes in the address itself are still refused.
+    let mut bad = b"From: J\xf6rg <j\xf6rg@sender.example>".to_vec();
+    bad.extend_from_slice(&body["From: alice@sender.example".len()..]);
+    let out = drive::drive(milter.inet_addr(), &envelope("x@elsewhere.example"), &bad).await;
+    assert!(
+        matches!(out.status, Status::Reject { .. }),
+        "{}",
+        reply(&out)
+    );
+}

@@ -93,9 +93,9 @@ fn value_cases() -> Vec<(&'static str, &'static str, Result<Author, Refusal>)> {
             ok(r#""john doe"@x.org"#, "x.org"),
         ),
         (
-            "quoted local part with @",
+            "quoted local part with @ shows an address",
             r#" "a@b"@c.example"#,
-            ok(r#""a@b"@c.example"#, "c.example"),
+            shown(r#""a@b"@c.example"#, "c.example", "b"),
         ),
         (
             "doubled dot in local part",
@@ -166,18 +166,13 @@ fn value_cases() -> Vec<(&'static str, &'static str, Result<Author, Refusal>)> {
             ok("x@attack.com", "attack.com"),
         ),
         (
-            "encoded-word local part not decoded",
+            "encoded-word local part shows an address",
             " =?utf-8?q?admin=40victim.example?=@attack.example",
-            ok(
+            shown(
                 "=?utf-8?q?admin=40victim.example?=@attack.example",
                 "attack.example",
+                "victim.example",
             ),
-        ),
-        // Display-name and comment addresses (RFC 9989 §11.4).
-        (
-            "comment with address",
-            " Foo (ceo@victim) <x@attack>",
-            shown("x@attack", "attack", "victim"),
         ),
         (
             "comment with fqdn",
@@ -220,9 +215,51 @@ fn value_cases() -> Vec<(&'static str, &'static str, Result<Author, Refusal>)> {
             shown("x@attack.example", "attack.example", "victim.example"),
         ),
         (
-            "unknown charset left undecoded",
+            "koi8-r display name decoded",
             " =?koi8-r?b?PGFkbWluQHZpY3RpbS5leGFtcGxlPg==?= <x@attack.example>",
+            shown("x@attack.example", "attack.example", "victim.example"),
+        ),
+        (
+            "windows-1252 display name decoded",
+            " =?windows-1252?q?ceo=40bank=2Eexample_=96_CEO?= <x@attack.example>",
+            shown("x@attack.example", "attack.example", "bank.example"),
+        ),
+        (
+            "koi8-r display name in cyrillic",
+            " =?koi8-r?q?=E1=C4=CD=C9=CE?= <x@attack.example>",
             ok("x@attack.example", "attack.example"),
+        ),
+        (
+            "quoted local part holding an address",
+            r#" "ceo@bank.example"@evil.example"#,
+            shown(
+                r#""ceo@bank.example"@evil.example"#,
+                "evil.example",
+                "bank.example",
+            ),
+        ),
+        (
+            "quoted local part in angle brackets",
+            r#" CEO <"ceo@bank.example"@evil.example>"#,
+            shown(
+                r#""ceo@bank.example"@evil.example"#,
+                "evil.example",
+                "bank.example",
+            ),
+        ),
+        (
+            "quoted-pair @ in local part",
+            r#" "ceo\@bank.example"@evil.example"#,
+            shown(
+                r#""ceo\@bank.example"@evil.example"#,
+                "evil.example",
+                "bank.example",
+            ),
+        ),
+        (
+            "same-domain address in local part",
+            r#" "ceo@evil.example"@evil.example"#,
+            ok(r#""ceo@evil.example"@evil.example"#, "evil.example"),
         ),
         (
             "full-width display domain",
@@ -848,16 +885,23 @@ fn encoded_word_decoder() {
     );
     assert_eq!(decode_encoded_words("=?iso-8859-1?q?caf=E9?="), "café");
     assert_eq!(decode_encoded_words("=?utf-8*en?q?hi?="), "hi");
+    // us-ascii is read as windows-1252 (as the WHATWG labels say).
+    assert_eq!(decode_encoded_words("=?us-ascii?q?=E9?="), "é");
     assert_eq!(
-        decode_encoded_words("=?us-ascii?q?=E9?="),
-        "=?us-ascii?q?=E9?="
+        decode_encoded_words("=?koi8-r?q?=E1=C4=CD=C9=CE?="),
+        "Админ"
+    );
+    assert_eq!(
+        decode_encoded_words("=?windows-1252?q?=93hi=94?="),
+        "\u{201c}hi\u{201d}"
     );
     assert_eq!(decode_encoded_words("=?utf-8?b?!!?="), "=?utf-8?b?!!?=");
     assert_eq!(decode_encoded_words("=?utf-8?x?abc?="), "=?utf-8?x?abc?=");
     assert_eq!(decode_encoded_words("=?utf-8?q?a?= =?utf-8?q?b?="), "ab");
     assert_eq!(decode_encoded_words("x =?utf-8?q?a?= y"), "x a y");
     assert_eq!(decode_encoded_words("=?=?=?"), "=?=?=?");
-    assert_eq!(decode_encoded_words("=?utf-8?q?=FF?="), "=?utf-8?q?=FF?=");
+    // Invalid UTF-8 is replaced, not left encoded.
+    assert_eq!(decode_encoded_words("=?utf-8?q?=FF?="), "\u{fffd}");
 }
 
 /// xorshift64*: a deterministic generator, so failures reproduce.
@@ -1032,4 +1076,46 @@ fn never_panics_on_random_input() {
     }
     println!("random inputs accepted: {oks}");
     assert!(oks > 0);
+}
+
+#[test]
+fn raw_8bit_display_names() {
+    let from = |v: &[u8]| author([(b"From".as_slice(), v)]);
+    // Latin-1 display names, unquoted, quoted and in a comment: the ASCII
+    // addr-spec decides.
+    assert_eq!(
+        from(b" J\xf6rg M\xfcller <joerg@example.de>"),
+        ok("joerg@example.de", "example.de")
+    );
+    assert_eq!(
+        from(b" \"M\xfcller, J\xf6rg\" <joerg@example.de>"),
+        ok("joerg@example.de", "example.de")
+    );
+    assert_eq!(
+        from(b" joerg@example.de (J\xf6rg)"),
+        ok("joerg@example.de", "example.de")
+    );
+    // The display-name check still reads what it can.
+    assert_eq!(
+        from(b" \"ceo@bank.example \xa0\" <x@attack.example>"),
+        shown("x@attack.example", "attack.example", "bank.example")
+    );
+    // 8-bit bytes in the addr-spec: refused as before.
+    assert_eq!(
+        from(b" J\xf6rg <j\xf6rg@example.de>"),
+        malformed("From is not valid utf-8")
+    );
+    assert_eq!(
+        from(b" <joerg@ex\xe4mple.de>"),
+        malformed("From is not valid utf-8")
+    );
+    assert_eq!(
+        from(b" \"j\xf6rg\"@example.de"),
+        malformed("From is not valid utf-8")
+    );
+    // Still one address: the bytes never hide a delimiter.
+    assert!(matches!(
+        from(b" J\xf6rg <a@x.example>, b@y.example"),
+        Err(Refusal::SeveralAddresses { .. })
+    ));
 }
