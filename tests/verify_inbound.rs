@@ -1084,3 +1084,35 @@ async fn raw_latin1_display_name_is_accepted_and_verified() {
         reply(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aligned_junk_cannot_push_the_genuine_signature_out() {
+    let w = World::new();
+    let milter = w.milter("[verify]\nmax_signatures = 2\n");
+    let body = common::message("ceo@sender.example", "s", "b\r\n");
+    let signed = sign(w.key("sender.example"), &body, &SignOptions::default());
+    let text = String::from_utf8_lossy(&signed)
+        .replace("\r\n\t", " ")
+        .replace("\r\n ", " ");
+    let bh = common::dkim_tag(text.lines().next().unwrap(), "bh").unwrap();
+    // Author-aligned signatures placed first: some with a wrong body hash,
+    // some expired (with the right one); none needs a key to be decided.
+    let mut junk = String::new();
+    for i in 0..4 {
+        junk.push_str(&format!(
+            "DKIM-Signature: v=1; a=rsa-sha256; d=sender.example; s=rsa; h=from; bh=AAAA{i}; b=AAAA\r\n"
+        ));
+        junk.push_str(&format!(
+            "DKIM-Signature: v=1; a=rsa-sha256; d=sender.example; s=rsa; h=from; t=1; x=100{i}; bh={bh}; b=AAAA\r\n"
+        ));
+    }
+    let raw = [junk.as_bytes(), &signed[..]].concat();
+    let mut env = envelope("x@elsewhere.example");
+    env.client_addr = "203.0.113.66:5555".parse().unwrap();
+    let out = drive::drive(milter.inet_addr(), &env, &raw).await;
+    let ar = results(&out);
+    assert_eq!(out.status, Status::Continue, "{}", reply(&out));
+    assert!(ar.contains("dkim=pass"), "{ar}");
+    assert!(ar.contains("dmarc=pass"), "{ar}");
+    assert!(ar.contains("dkim=fail (body hash mismatch)"), "{ar}");
+}

@@ -9,8 +9,8 @@
 //! one; the rest are summarised in one result, so junk signatures cannot
 //! grow the Authentication-Results field or push a genuine signature out.
 //! When more signatures remain than the cap allows, those whose body hash
-//! does not match are failed without a lookup (RFC 6376 §6.1.3) and the cap
-//! applies to the rest, author-aligned ones first (RELIABILITY K9). After
+//! does not match are failed (RFC 6376 §6.1.3) and expired ones made neutral
+//! without a lookup, and the cap applies to the rest, author-aligned ones first (RELIABILITY K9). After
 //! verification: RSA keys under 1024 bits are permerrors and under the
 //! configured minimum `policy` (RFC 8301 §3.2), the size read from the key
 //! record mail-auth selected, to the bit.
@@ -71,8 +71,9 @@ pub struct Prefiltered {
     /// How many signatures the summary at the end of `verdicts` stands for
     /// (0: no summary).
     pub summarised: usize,
-    /// The `d=` of each signature failed for its body hash before the cap.
-    pub body_hash_failed: Vec<String>,
+    /// The `d=` of each signature decided before the cap, without a lookup:
+    /// a body hash mismatch, or expired (`x=`).
+    pub decided_before_cap: Vec<String>,
     pub skipped: usize,
 }
 
@@ -232,9 +233,12 @@ pub fn prefilter(message: &mut AuthenticatedMessage<'_>, author: &str, max: usiz
     // More candidates than the cap: a signature whose body hash does not
     // match needs no key and takes no place (RFC 6376 §6.1.3: PERMFAIL).
     let candidates = decisions.iter().filter(|d| d.is_none()).count();
-    let mut body_hash_failed = Vec::new();
+    let mut decided_before_cap = Vec::new();
     if candidates > max {
         let body = message.raw_body();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let mut hashes: Vec<(Canonicalization, Option<Vec<u8>>)> = Vec::new();
         for (i, sig) in sigs.iter().enumerate() {
             if decisions[i].is_some()
@@ -252,8 +256,14 @@ pub fn prefilter(message: &mut AuthenticatedMessage<'_>, author: &str, max: usiz
             };
             if bh.is_some_and(|bh| bh != sig.bh) {
                 decisions[i] = Some((DkimStatus::Fail, "body hash mismatch"));
-                body_hash_failed.push(sig.d.to_ascii_lowercase());
+            } else if sig.x != 0 && (sig.x <= sig.t || sig.x <= now) {
+                // RFC 6376 §3.5 x=: an expired signature may be ignored;
+                // neutral, as mail-auth reports it.
+                decisions[i] = Some((DkimStatus::Neutral, "signature expired"));
+            } else {
+                continue;
             }
+            decided_before_cap.push(sig.d.to_ascii_lowercase());
         }
     }
     // K9: verify at most `max`, author-aligned signatures first.
@@ -293,7 +303,7 @@ pub fn prefilter(message: &mut AuthenticatedMessage<'_>, author: &str, max: usiz
     Prefiltered {
         verdicts,
         summarised,
-        body_hash_failed,
+        decided_before_cap,
         skipped: skipped_count,
     }
 }

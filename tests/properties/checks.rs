@@ -854,11 +854,12 @@ pub fn dkim_message(raw: &[u8], max: usize) -> usize {
     );
     // Refused signatures are listed up to the cap, then summarised.
     assert!(listed <= max, "{listed} refused signatures listed");
-    // Body hash failures are decided before the cap and take no place.
-    let failed = pre.body_hash_failed.len();
-    let failed_aligned = pre.body_hash_failed.iter().filter(|d| aligned(d)).count();
+    // Body hash failures and expired signatures are decided before the
+    // cap and take no place.
+    let failed = pre.decided_before_cap.len();
+    let failed_aligned = pre.decided_before_cap.iter().filter(|d| aligned(d)).count();
     if n_eligible <= max {
-        assert_eq!(failed, 0, "body hashes checked within the cap");
+        assert_eq!(failed, 0, "decided before the cap within the cap");
     }
     assert_eq!(kept.len(), (n_eligible - failed).min(max));
     assert_eq!(
