@@ -534,9 +534,18 @@ async fn signature_flood_is_capped() {
     let milter = w.milter("[verify]\nmax_signatures = 3\n");
     let body = common::message("ceo@sender.example", "s", "b\r\n");
     let mut raw = sign(w.key("sender.example"), &body, &SignOptions::default());
+    // The floods carry the body's real hash (a wrong one costs nothing).
+    let signed = String::from_utf8_lossy(&raw)
+        .replace("\r\n\t", " ")
+        .replace("\r\n ", " ");
+    let bh = common::dkim_tags(signed.lines().next().unwrap())
+        .into_iter()
+        .find(|(k, _)| k == "bh")
+        .unwrap()
+        .1;
     for i in 0..8 {
         let fake = format!(
-            "DKIM-Signature: v=1; a=rsa-sha256; d=flood{i}.example; s=s; h=from; bh=AAAA; b=AAAA\r\n"
+            "DKIM-Signature: v=1; a=rsa-sha256; d=flood{i}.example; s=s; h=from; bh={bh}; b=AAAA\r\n"
         );
         raw = [fake.as_bytes(), &raw[..]].concat();
     }
@@ -949,4 +958,229 @@ async fn trusted_arc_sealer_override_reads_what_the_sealer_saw() {
         "the chain overrides, DMARC still fails: {ar}"
     );
     assert!(ar.contains("arc=pass (sealer lists.example)"), "{ar}");
+}
+
+/// Junk DKIM-Signature fields of every kind rmilter never verifies:
+/// unparseable, bad `d=`/`s=`, `l=`, rsa-sha1, From not signed.
+fn junk_signature(i: usize) -> String {
+    match i % 6 {
+        0 => format!("DKIM-Signature: v=1; garbage {i}\r\n"),
+        1 => format!(
+            "DKIM-Signature: v=1; a=rsa-sha256; d=sender.example'{i}.attack.example; s=s; h=from; bh=AAAA; b=AAAA\r\n"
+        ),
+        2 => format!(
+            "DKIM-Signature: v=1; a=rsa-sha256; d=sender.example; s=s{i}; h=from; l=1; bh=AAAA; b=AAAA\r\n"
+        ),
+        3 => format!(
+            "DKIM-Signature: v=1; a=rsa-sha1; d=sender.example; s=s{i}; h=from; bh=AAAA; b=AAAA\r\n"
+        ),
+        4 => format!(
+            "DKIM-Signature: v=1; a=rsa-sha256; d=sender.example; s=s{i}; h=subject; bh=AAAA; b=AAAA\r\n"
+        ),
+        _ => format!("DKIM-Signature: v=1; a=rsa-sha256; d=sender.example; s=s{i}\r\n"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn junk_signatures_cost_nothing_and_the_aligned_one_is_verified() {
+    let w = World::new();
+    let milter = w.milter("[verify]\nmax_signatures = 5\n");
+    let body = common::message("ceo@sender.example", "s", "b\r\n");
+    let signed = sign(w.key("sender.example"), &body, &SignOptions::default());
+    let junk: String = (0..300).map(junk_signature).collect();
+    let raw = [junk.as_bytes(), &signed[..]].concat();
+    w.dns.clear_log();
+    // Forwarded from elsewhere: only the DKIM signature can align.
+    let mut env = envelope("x@elsewhere.example");
+    env.client_addr = "203.0.113.66:5555".parse().unwrap();
+    let out = drive::drive(milter.inet_addr(), &env, &raw).await;
+    let ar = results(&out);
+    assert!(
+        matches!(out.status, Status::Accept | Status::Continue),
+        "{}",
+        reply(&out)
+    );
+    assert!(ar.contains("dkim=pass"), "{ar}");
+    assert!(ar.contains("dmarc=pass"), "{ar}");
+    assert!(ar.len() < 4096, "A-R of {} bytes", ar.len());
+    let key_queries: Vec<_> = w
+        .dns
+        .query_log()
+        .into_iter()
+        .filter(|(n, _, _)| n.contains("_domainkey") && !n.starts_with("rsa."))
+        .collect();
+    assert!(key_queries.is_empty(), "looked up {key_queries:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_thousand_junk_signatures_keep_the_results_field_small() {
+    let w = World::new();
+    let milter = w.milter("[limits]\nmax_headers = 3000\n");
+    let body = common::message("ceo@sender.example", "s", "b\r\n");
+    let mut junk = String::new();
+    for i in 0..2000 {
+        if i % 2 == 0 {
+            junk.push_str(&junk_signature(i));
+        } else {
+            // Well-formed, verifiable signatures of unrelated domains.
+            junk.push_str(&format!(
+                "DKIM-Signature: v=1; a=rsa-sha256; d=flood{i}.example; s=s; h=from; bh=AAAA; b=AAAA\r\n"
+            ));
+        }
+    }
+    let raw = [junk.as_bytes(), &body[..]].concat();
+    let out = drive::drive(milter.inet_addr(), &envelope("x@elsewhere.example"), &raw).await;
+    let ar = results(&out);
+    assert!(ar.contains("dmarc=fail"), "{ar}");
+    assert!(ar.len() < 4096, "A-R of {} bytes", ar.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn body_hash_mismatch_is_a_fail_in_results_and_reports() {
+    let w = World::new();
+    let (milter, sink) =
+        TestMilter::start_toml_recording(&w.toml("[policy]\nreject = \"accept\"\n"));
+    let mut raw = sign(
+        w.key("sender.example"),
+        &common::message("alice@sender.example", "s", "b\r\n"),
+        &SignOptions::default(),
+    );
+    // Altered in transit: the body no longer matches bh=.
+    raw.extend_from_slice(b"appended\r\n");
+    let out = drive::drive(milter.inet_addr(), &envelope("x@elsewhere.example"), &raw).await;
+    let ar = results(&out);
+    // RFC 6376 §6.1.3, RFC 8601 §2.7.1: fail, not neutral.
+    assert!(ar.contains("dkim=fail"), "{ar}");
+    assert!(!ar.contains("dkim=neutral"), "{ar}");
+    let records = sink.take();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].dkim.len(), 1, "{:?}", records[0].dkim);
+    assert_eq!(records[0].dkim[0].result, "fail");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn min_rsa_bits_reads_the_key_record_as_dkim_does() {
+    let keys = TestKeys::new(&[("sender.example", "rsa", KeyAlgorithm::Rsa)]);
+    let (name, value) = keys.dns().remove(0);
+    let p = value.split("p=").nth(1).unwrap().to_string();
+    // The same 2048-bit key, written three ways DKIM accepts: spaces around
+    // "=", the base64 folded, and beside a second record that is not a key.
+    let spaced = format!("v=DKIM1; k=rsa; p = {p}");
+    let folded = format!("v=DKIM1; k=rsa; p={} {}", &p[..100], &p[100..]);
+    for (label, zone) in [
+        ("spaced", Zone::new().txt(&name, &spaced)),
+        ("folded", Zone::new().txt(&name, &folded)),
+        (
+            "two records",
+            Zone::new().txt(&name, &value).txt(&name, "not a key"),
+        ),
+    ] {
+        let zone = zone.txt("_dmarc.sender.example", "v=DMARC1; p=reject");
+        let dns = TestDns::start(zone);
+        let toml = format!(
+            "authserv_id = \"{AUTHSERV}\"\n[verify]\nmin_rsa_bits = 2049\n[policy]\nreject = \"accept\"\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\n",
+            dns.addr()
+        );
+        let milter = TestMilter::start_toml(&toml);
+        let raw = sign(
+            &keys.keys[0],
+            &common::message("alice@sender.example", "s", "b\r\n"),
+            &SignOptions::default(),
+        );
+        let out = drive::drive(milter.inet_addr(), &envelope("x@elsewhere.example"), &raw).await;
+        let ar = results(&out);
+        assert!(
+            ar.contains("dkim=policy (RSA key of 2048 bits is below the configured minimum)"),
+            "{label}: {ar}"
+        );
+        assert!(ar.contains("dmarc=fail"), "{label}: {ar}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spf_exp_is_never_fetched() {
+    let dns = TestDns::start(
+        Zone::new()
+            .txt(
+                "expfail.example",
+                "v=spf1 -all exp=%{l}.%{i}.explain.expfail.example",
+            )
+            .txt("x.198.51.100.7.explain.expfail.example", "you are %{i}"),
+    );
+    let toml = format!(
+        "authserv_id = \"{AUTHSERV}\"\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\n",
+        dns.addr()
+    );
+    let milter = TestMilter::start_toml(&toml);
+    let out = drive::drive(
+        milter.inet_addr(),
+        &envelope("x@expfail.example"),
+        &common::message("a@elsewhere.example", "s", "b\r\n"),
+    )
+    .await;
+    let ar = results(&out);
+    assert!(ar.contains("spf=fail"), "{ar}");
+    let asked: Vec<_> = dns
+        .query_log()
+        .into_iter()
+        .filter(|(n, _, _)| n.contains("explain"))
+        .collect();
+    assert!(asked.is_empty(), "exp= fetched: {asked:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_latin1_display_name_is_accepted_and_verified() {
+    let w = World::new();
+    let milter = w.milter("");
+    let body = common::message("alice@sender.example", "s", "b\r\n");
+    // The same message with a raw ISO-8859-1 display name ("Jörg").
+    let mut latin1 = b"From: J\xf6rg <alice@sender.example>".to_vec();
+    latin1.extend_from_slice(&body["From: alice@sender.example".len()..]);
+    let raw = sign(w.key("sender.example"), &latin1, &SignOptions::default());
+    let out = drive::drive(milter.inet_addr(), &envelope("x@elsewhere.example"), &raw).await;
+    assert_eq!(out.status, Status::Continue, "{}", reply(&out));
+    let ar = results(&out);
+    assert!(ar.contains("dkim=pass"), "{ar}");
+    assert!(ar.contains("dmarc=pass"), "{ar}");
+    // 8-bit bytes in the address itself are still refused.
+    let mut bad = b"From: J\xf6rg <j\xf6rg@sender.example>".to_vec();
+    bad.extend_from_slice(&body["From: alice@sender.example".len()..]);
+    let out = drive::drive(milter.inet_addr(), &envelope("x@elsewhere.example"), &bad).await;
+    assert!(
+        matches!(out.status, Status::Reject { .. }),
+        "{}",
+        reply(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aligned_junk_cannot_push_the_genuine_signature_out() {
+    let w = World::new();
+    let milter = w.milter("[verify]\nmax_signatures = 2\n");
+    let body = common::message("ceo@sender.example", "s", "b\r\n");
+    let signed = sign(w.key("sender.example"), &body, &SignOptions::default());
+    let text = String::from_utf8_lossy(&signed)
+        .replace("\r\n\t", " ")
+        .replace("\r\n ", " ");
+    let bh = common::dkim_tag(text.lines().next().unwrap(), "bh").unwrap();
+    // Author-aligned signatures placed first: some with a wrong body hash,
+    // some expired (with the right one); none needs a key to be decided.
+    let mut junk = String::new();
+    for i in 0..4 {
+        junk.push_str(&format!(
+            "DKIM-Signature: v=1; a=rsa-sha256; d=sender.example; s=rsa; h=from; bh=AAAA{i}; b=AAAA\r\n"
+        ));
+        junk.push_str(&format!(
+            "DKIM-Signature: v=1; a=rsa-sha256; d=sender.example; s=rsa; h=from; t=1; x=100{i}; bh={bh}; b=AAAA\r\n"
+        ));
+    }
+    let raw = [junk.as_bytes(), &signed[..]].concat();
+    let mut env = envelope("x@elsewhere.example");
+    env.client_addr = "203.0.113.66:5555".parse().unwrap();
+    let out = drive::drive(milter.inet_addr(), &env, &raw).await;
+    let ar = results(&out);
+    assert_eq!(out.status, Status::Continue, "{}", reply(&out));
+    assert!(ar.contains("dkim=pass"), "{ar}");
+    assert!(ar.contains("dmarc=pass"), "{ar}");
+    assert!(ar.contains("dkim=fail (body hash mismatch)"), "{ar}");
 }

@@ -110,11 +110,7 @@ impl LoadedKey {
     /// Like [`LoadedKey::load`], also accepting files and directories
     /// owned by the uid `trusted` (see `keys.owner`).
     pub fn load_trusting(spec: &KeySpec, trusted: Option<u32>) -> Result<LoadedKey, KeyError> {
-        safety::check(&spec.path, trusted)?;
-        let pem = std::fs::read(&spec.path).map_err(|error| KeyError::Io {
-            path: spec.path.clone(),
-            error,
-        })?;
+        let pem = safety::read(&spec.path, trusted)?;
         let parsed = parse_private_key(&spec.path, &pem)?;
         if let Some(expected) = spec.algorithm
             && expected != parsed.algorithm
@@ -258,10 +254,14 @@ fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
-/// Bits of a DER INTEGER's magnitude.
+/// Bits of a DER INTEGER's magnitude, exactly: a 1023-bit modulus is 1023,
+/// not the 1024 its 128 bytes hold.
 fn integer_bits(int: &[u8]) -> usize {
-    let significant = int.iter().skip_while(|&&b| b == 0).count();
-    significant * 8
+    let mut significant = int.iter().skip_while(|&&b| b == 0);
+    match significant.next() {
+        Some(&first) => significant.count() * 8 + (8 - first.leading_zeros() as usize),
+        None => 0,
+    }
 }
 
 /// The modulus size of a DER RSA private key (PKCS#1 `RSAPrivateKey`, or

@@ -1,31 +1,90 @@
 //! Key file safety checks, after OpenDKIM's `RequireSafeKeys`: a private key
-//! that others can read, or a file or directory that others can replace, is
-//! refused at start and at reload, never discovered per message.
+//! that others can read, or a file, symlink or directory that others can
+//! replace, is refused at start and at reload, never discovered per message.
+//!
+//! Every directory on the way to the real file is checked, and so is every
+//! symlink on the way (its owner and the directories holding it): a link in
+//! a directory others can write is as good as a key others can write. The
+//! file itself is opened without following a symlink and checked through
+//! the open descriptor (`fstat`), and the key is read from that descriptor,
+//! so nothing can be swapped between the check and the read.
 
 use super::KeyError;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
+/// Most symlinks followed on the way to one key file (Linux allows 40).
+const MAX_LINKS: usize = 16;
+
+/// Who may own a key file, a symlink to it or a directory on the way.
+struct Owners {
+    euid: u32,
+    egid: u32,
+    trusted: Option<u32>,
+}
+
+impl Owners {
+    fn allows(&self, uid: u32) -> bool {
+        uid == 0 || uid == self.euid || Some(uid) == self.trusted
+    }
+}
+
+/// Check `path` and read the key file it names.
+///
 /// `trusted`: one more uid (besides root and this process's user) that may
-/// own the file and its directories: `keys.owner`, when `rmilter keys`
-/// runs as root on keys the daemon's user owns.
-pub(super) fn check(path: &Path, trusted: Option<u32>) -> Result<(), KeyError> {
+/// own the file, its symlinks and its directories: `keys.owner`, when
+/// `rmilter keys` runs as root on keys the daemon's user owns.
+pub(super) fn read(path: &Path, trusted: Option<u32>) -> Result<Vec<u8>, KeyError> {
+    let io = |error: std::io::Error| {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            KeyError::Missing(path.to_path_buf())
+        } else {
+            KeyError::Io {
+                path: path.to_path_buf(),
+                error,
+            }
+        }
+    };
     let unsafe_ = |reason: String| KeyError::Unsafe {
         path: path.to_path_buf(),
         reason,
     };
-    let meta = match std::fs::metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(KeyError::Missing(path.to_path_buf()));
-        }
-        Err(error) => {
-            return Err(KeyError::Io {
-                path: path.to_path_buf(),
-                error,
-            });
-        }
+    let owners = Owners {
+        euid: nix::unistd::geteuid().as_raw(),
+        egid: nix::unistd::getegid().as_raw(),
+        trusted,
     };
+    std::fs::metadata(path).map_err(io)?;
+    let absolute = std::path::absolute(path).map_err(io)?;
+    let mut links = 0;
+    check_links(&absolute, &owners, &mut links).map_err(|e| match e {
+        Refusal::Io(error) => io(error),
+        Refusal::Unsafe(reason) => unsafe_(reason),
+    })?;
+    // Every directory on the way to the real file must be safe too: whoever
+    // can write to one of them can swap the key.
+    let real = std::fs::canonicalize(path).map_err(io)?;
+    if let Some(parent) = real.parent() {
+        check_dirs(parent, &owners).map_err(|e| match e {
+            Refusal::Io(error) => io(error),
+            Refusal::Unsafe(reason) => unsafe_(reason),
+        })?;
+    }
+    // The real file, opened without following a symlink; what is checked is
+    // what is read (no second lookup by name).
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK)
+        .open(&real)
+        .map_err(|error| {
+            if error.raw_os_error() == Some(nix::libc::ELOOP) {
+                unsafe_(format!("{} was replaced by a symlink", real.display()))
+            } else {
+                io(error)
+            }
+        })?;
+    let meta = file.metadata().map_err(io)?;
     if !meta.is_file() {
         return Err(unsafe_("not a regular file".to_string()));
     }
@@ -42,44 +101,86 @@ pub(super) fn check(path: &Path, trusted: Option<u32>) -> Result<(), KeyError> {
             path.display()
         )));
     }
-    let euid = nix::unistd::geteuid().as_raw();
-    let egid = nix::unistd::getegid().as_raw();
-    if meta.uid() != 0 && meta.uid() != euid && Some(meta.uid()) != trusted {
+    if !owners.allows(meta.uid()) {
         return Err(unsafe_(format!(
-            "owned by uid {}, not by root or the user rmilter runs as (uid {euid})",
-            meta.uid()
+            "owned by uid {}, not by root or the user rmilter runs as (uid {})",
+            meta.uid(),
+            owners.euid
         )));
     }
-    // Every directory on the way to the real file must be safe too: whoever
-    // can write to one of them can swap the key.
-    let real = std::fs::canonicalize(path).map_err(|error| KeyError::Io {
-        path: path.to_path_buf(),
-        error,
-    })?;
-    for dir in real.ancestors().skip(1) {
-        let meta = std::fs::metadata(dir).map_err(|error| KeyError::Io {
-            path: path.to_path_buf(),
-            error,
-        })?;
+    let mut pem = Vec::new();
+    file.read_to_end(&mut pem).map_err(io)?;
+    Ok(pem)
+}
+
+enum Refusal {
+    Io(std::io::Error),
+    Unsafe(String),
+}
+
+impl From<std::io::Error> for Refusal {
+    fn from(error: std::io::Error) -> Self {
+        Refusal::Io(error)
+    }
+}
+
+/// Every symlink met on the way along `path` (absolute): owned by an
+/// allowed user, held by a safe directory chain, and its target checked the
+/// same way.
+fn check_links(path: &Path, owners: &Owners, links: &mut usize) -> Result<(), Refusal> {
+    let mut prefix = PathBuf::new();
+    for component in path.components() {
+        prefix.push(component);
+        let meta = std::fs::symlink_metadata(&prefix)?;
+        if !meta.file_type().is_symlink() {
+            continue;
+        }
+        *links += 1;
+        if *links > MAX_LINKS {
+            return Err(Refusal::Unsafe(format!(
+                "more than {MAX_LINKS} symlinks on the way"
+            )));
+        }
+        if !owners.allows(meta.uid()) {
+            return Err(Refusal::Unsafe(format!(
+                "symlink {} is owned by uid {}, not by root or the user rmilter runs as",
+                prefix.display(),
+                meta.uid()
+            )));
+        }
+        let holder = prefix.parent().unwrap_or(Path::new("/"));
+        check_dirs(&std::fs::canonicalize(holder)?, owners)?;
+        let target = holder.join(std::fs::read_link(&prefix)?);
+        check_links(&target, owners, links)?;
+    }
+    Ok(())
+}
+
+/// `dir` (a real path) and every directory above it: not writable by users
+/// other than root, this process's user or `trusted` (a sticky directory
+/// such as /tmp excepted), and owned by one of them.
+fn check_dirs(dir: &Path, owners: &Owners) -> Result<(), Refusal> {
+    for dir in dir.ancestors() {
+        let meta = std::fs::metadata(dir)?;
         let mode = meta.permissions().mode();
         let sticky = mode & 0o1000 != 0;
         if mode & 0o002 != 0 && !sticky {
-            return Err(unsafe_(format!(
+            return Err(Refusal::Unsafe(format!(
                 "directory {} is writable by every user (mode {:04o})",
                 dir.display(),
                 mode & 0o7777
             )));
         }
-        if mode & 0o020 != 0 && !sticky && meta.gid() != 0 && meta.gid() != egid {
-            return Err(unsafe_(format!(
+        if mode & 0o020 != 0 && !sticky && meta.gid() != 0 && meta.gid() != owners.egid {
+            return Err(Refusal::Unsafe(format!(
                 "directory {} is writable by group {} (mode {:04o})",
                 dir.display(),
                 meta.gid(),
                 mode & 0o7777
             )));
         }
-        if meta.uid() != 0 && meta.uid() != euid && Some(meta.uid()) != trusted {
-            return Err(unsafe_(format!(
+        if !owners.allows(meta.uid()) {
+            return Err(Refusal::Unsafe(format!(
                 "directory {} is owned by uid {}, not by root or the user rmilter runs as",
                 dir.display(),
                 meta.uid()

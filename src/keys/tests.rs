@@ -233,3 +233,92 @@ fn public_key_sizes_from_dns_records() {
     assert_eq!(der_rsa_public_bits(b"junk"), None);
     assert_eq!(der_rsa_public_bits(&[]), None);
 }
+
+#[test]
+fn rsa_public_key_bits_are_exact() {
+    // A 1023-bit and a 1024-bit modulus are both 128 bytes long.
+    for (bits, first) in [(1023usize, 0x40u8), (1024, 0x80), (1017, 0x01)] {
+        let mut modulus = vec![0u8; 128];
+        modulus[0] = first;
+        modulus[127] = 1;
+        // RSAPublicKey { modulus INTEGER, publicExponent INTEGER 65537 },
+        // with the sign octet DER puts before a high first bit.
+        let mut int = vec![0x02, 0x81];
+        let body: Vec<u8> = if first & 0x80 != 0 {
+            [&[0u8][..], &modulus].concat()
+        } else {
+            modulus.clone()
+        };
+        int.push(body.len() as u8);
+        int.extend_from_slice(&body);
+        int.extend_from_slice(&[0x02, 0x03, 0x01, 0x00, 0x01]);
+        let der = [&[0x30, 0x81, int.len() as u8][..], &int].concat();
+        assert_eq!(der_rsa_public_bits(&der), Some(bits), "{bits}");
+    }
+}
+
+#[test]
+fn symlinks_are_checked_where_they_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let safe = dir.path().join("safe");
+    std::fs::create_dir(&safe).unwrap();
+    let path = fixture(&safe, "2048_testkey_PKCS8.key");
+    LoadedKey::load(&spec(&path, None)).unwrap();
+    // A link to a safe key, in a directory every user can write: anyone
+    // could point it at another key.
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let link = open.join("key.pem");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    let err = LoadedKey::load(&spec(&link, None)).unwrap_err().to_string();
+    assert!(
+        err.contains("is writable by every user (mode 0777)"),
+        "{err}"
+    );
+    // A directory on the way that is a link out of an unsafe directory.
+    let via = open.join("dir");
+    std::os::unix::fs::symlink(&safe, &via).unwrap();
+    let err = LoadedKey::load(&spec(&via.join("2048_testkey_PKCS8.key"), None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("is writable by every user (mode 0777)"),
+        "{err}"
+    );
+    // In a sticky directory, a link someone else owns is theirs to change.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    LoadedKey::load(&spec(&link, None)).unwrap();
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::lchown(&link, Some(65534), None).unwrap();
+        let err = LoadedKey::load(&spec(&link, None)).unwrap_err().to_string();
+        assert!(
+            err.contains("symlink") && err.contains("uid 65534"),
+            "{err}"
+        );
+    }
+    // A chain of links: each one is checked.
+    let second = open.join("second.pem");
+    std::os::unix::fs::symlink(&path, &second).unwrap();
+    let first = safe.join("first.pem");
+    std::os::unix::fs::symlink(&second, &first).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = LoadedKey::load(&spec(&first, None))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is writable by every user"), "{err}");
+}
+
+#[test]
+fn the_key_is_checked_through_the_open_descriptor() {
+    let dir = tempfile::tempdir().unwrap();
+    // A FIFO is refused as not a regular file, without blocking on open.
+    let fifo = dir.path().join("fifo.pem");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let err = LoadedKey::load(&spec(&fifo, None)).unwrap_err().to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(matches!(
+        LoadedKey::load(&spec(&dir.path().join("missing.pem"), None)),
+        Err(KeyError::Missing(_))
+    ));
+}

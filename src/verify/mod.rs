@@ -443,7 +443,6 @@ impl SpfOutcome {
             reason: reason.to_string(),
             dns_queries: 0,
             void_lookups: 0,
-            explanation: None,
         }
     }
 
@@ -455,7 +454,6 @@ impl SpfOutcome {
             reason: reason.to_string(),
             dns_queries: 0,
             void_lookups: 0,
-            explanation: None,
         }
     }
 }

@@ -1,12 +1,13 @@
 //! The `check_host()` evaluator (RFC 7208 §4–§6): record lookup and
 //! selection, mechanism matching, `include`/`redirect` recursion, the
-//! processing limits of §4.6.4, the overall time limit and the `exp=`
-//! explanation.
+//! processing limits of §4.6.4 and the overall time limit. `exp=` is
+//! checked for syntax but never fetched or expanded: rmilter never shows an
+//! explanation, and fetching one would only make attacker-chosen lookups.
 //!
 //! DNS failures follow RFC 7208 §5 and the OpenSPF suite: a temporary error
 //! on a lookup the result depends on ends the check with `temperror`; a
-//! temporary error while validating `ptr` names, on the PTR query itself, or
-//! while fetching the explanation is skipped as §5.5 and §6.2 say.
+//! temporary error while validating `ptr` names or on the PTR query itself
+//! is skipped as §5.5 says.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -16,9 +17,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tracing::debug;
 
-use super::macros::{Context, MAX_LABEL, MAX_NAME, MacroString, Vars};
+use super::macros::{MAX_LABEL, MAX_NAME, MacroString, Vars};
 use super::record::{self, Mechanism, ParseError, Qualifier, Record};
-use super::{Lookup, MAX_EXPLANATION, MAX_REASON, SpfDns, SpfLimits, SpfOutcome, SpfResult};
+use super::{Lookup, MAX_REASON, SpfDns, SpfLimits, SpfOutcome, SpfResult};
 
 /// RFC 7208 §4.6.4: more MX names than this is a permerror, more PTR names are ignored.
 const MAX_NAMES_PER_LOOKUP: usize = 10;
@@ -73,14 +74,6 @@ impl Abort {
 struct Verdict {
     result: SpfResult,
     reason: String,
-    exp: Option<PendingExp>,
-}
-
-/// The `exp=` of the record that produced `fail`, evaluated once at the end (RFC 7208 §6.2).
-#[derive(Debug)]
-struct PendingExp {
-    spec: MacroString,
-    domain: String,
 }
 
 /// The values of one identity that macros read (RFC 7208 §7.2).
@@ -119,7 +112,6 @@ pub(crate) fn invalid_identity(reason: &str) -> SpfOutcome {
         reason: clean_reason(reason),
         dns_queries: 0,
         void_lookups: 0,
-        explanation: None,
     }
 }
 
@@ -153,21 +145,11 @@ pub(crate) async fn run(
         },
         None => ev.check(domain.clone(), false).await,
     };
-    let (result, reason, exp) = match verdict {
-        Ok(v) => (v.result, v.reason, v.exp),
-        Err(abort) => (abort.result(), abort.to_string(), None),
-    };
-    let explanation = match (result, exp) {
-        // RFC 7208 §6.2: the explanation is fetched once, after the result is known,
-        // and only for fail; it does not count toward the limits (suite exp-void).
-        (SpfResult::Fail, Some(pending)) => match deadline {
-            Some(d) => tokio::time::timeout_at(d, ev.explanation(pending))
-                .await
-                .ok()
-                .flatten(),
-            None => ev.explanation(pending).await,
-        },
-        _ => None,
+    // RFC 7208 §6.2: the explanation only serves a rejection text; rmilter
+    // writes none, so exp= is never fetched (no attacker-chosen lookups).
+    let (result, reason) = match verdict {
+        Ok(v) => (v.result, v.reason),
+        Err(abort) => (abort.result(), abort.to_string()),
     };
     let outcome = SpfOutcome {
         result,
@@ -175,7 +157,6 @@ pub(crate) async fn run(
         reason: clean_reason(&reason),
         dns_queries: ev.dns_queries,
         void_lookups: ev.void_lookups,
-        explanation,
     };
     debug!(
         domain = %outcome.domain,
@@ -261,7 +242,6 @@ impl<D: SpfDns> Evaluator<'_, D> {
             return Ok(Verdict {
                 result: SpfResult::None,
                 reason: format!("no spf record at {domain}"),
-                exp: None,
             });
         };
         // RFC 7208 §4.6.2: mechanisms are evaluated in order; the first match decides.
@@ -277,18 +257,9 @@ impl<D: SpfDns> Evaluator<'_, D> {
                     Qualifier::SoftFail => SpfResult::SoftFail,
                     Qualifier::Neutral => SpfResult::Neutral,
                 };
-                // RFC 7208 §6.2: the exp= of the record whose mechanism failed.
-                let exp = match (result, &record.exp) {
-                    (SpfResult::Fail, Some(spec)) => Some(PendingExp {
-                        spec: spec.clone(),
-                        domain: domain.clone(),
-                    }),
-                    _ => None,
-                };
                 return Ok(Verdict {
                     result,
                     reason: format!("{domain} matched {}", directive.text),
-                    exp,
                 });
             }
         }
@@ -307,14 +278,12 @@ impl<D: SpfDns> Evaluator<'_, D> {
                 // RFC 7208 §6.1: no record at the redirect target is a permerror.
                 return Err(Abort::RedirectNone(target));
             }
-            // RFC 7208 §6.2: the target's exp= replaces ours (suite redirect-cancels-exp).
             return Ok(verdict);
         }
         // RFC 7208 §4.7: no match and no redirect gives neutral.
         Ok(Verdict {
             result: SpfResult::Neutral,
             reason: format!("{domain} no mechanism matched"),
-            exp: None,
         })
     }
 
@@ -643,44 +612,6 @@ impl<D: SpfDns> Evaluator<'_, D> {
             (IpAddr::V6(ip), Addresses::V6(list)) => list.iter().any(|a| in_prefix6(ip, *a, cidr6)),
             _ => false,
         }
-    }
-
-    /// RFC 7208 §6.2: expand exp=, fetch exactly one TXT record, expand it as
-    /// explain-string. Any problem means no explanation.
-    async fn explanation(&self, pending: PendingExp) -> Option<String> {
-        // `%{p}` is resolved at most once, for the domain-spec or the text.
-        let mut validated: Option<Option<String>> = None;
-        if pending.spec.uses_validated() {
-            validated = Some(self.validated_name(&pending.domain).await);
-        }
-        let name = query_name(&pending.spec.expand_domain(&self.vars(
-            &pending.domain,
-            validated.as_ref().and_then(Option::as_deref),
-        )))?;
-        let Lookup::Found(rrs) = self.dns.txt(&name).await else {
-            return None;
-        };
-        // RFC 7208 §6.2: more than one record, or none, means no explanation.
-        let [txt] = rrs.as_slice() else {
-            return None;
-        };
-        // RFC 7208 §6.2: explanation text is 7-bit ASCII; a syntax error means none.
-        let text = std::str::from_utf8(txt).ok()?;
-        let macros = MacroString::parse(text, Context::Explanation).ok()?;
-        if validated.is_none() && macros.uses_validated() {
-            validated = Some(self.validated_name(&pending.domain).await);
-        }
-        let expanded = macros.expand_text(&self.vars(
-            &pending.domain,
-            validated.as_ref().and_then(Option::as_deref),
-        ));
-        let clean: String = expanded
-            .chars()
-            .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
-            .take(MAX_EXPLANATION)
-            .collect();
-        let clean = clean.trim();
-        (!clean.is_empty()).then(|| clean.to_owned())
     }
 }
 

@@ -6,7 +6,8 @@
 //! Expansion is bounded: digit counts saturate instead of overflowing
 //! (`%{d2147483648}` means "all parts"), and the text an expansion builds is
 //! capped, keeping the right-hand end for domain names (which §7.3 shortens
-//! from the left anyway) and the left-hand start for explanation text.
+//! from the left anyway). Explanation text (`exp=`) is never fetched, so
+//! never parsed or expanded.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -21,19 +22,16 @@ pub(crate) const MAX_LABEL: usize = 63;
 /// building it. Anything further left is removed by §7.3 truncation anyway,
 /// as long as this exceeds [`MAX_NAME`] plus one label.
 const DOMAIN_TAIL_KEEP: usize = 1024;
-/// How much of an explanation expansion is built before it is cut.
-pub(crate) const EXPLANATION_BUILD_MAX: usize = 2048;
 
 /// Where a macro string occurs; the letters `c`, `r` and `t` are allowed only
-/// in explanation text (RFC 7208 §7.2), and only explanation text may hold spaces.
+/// in explanation text (RFC 7208 §7.2), which rmilter never reads, and in the
+/// values of unknown modifiers (Appendix A), which it ignores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Context {
     /// A `domain-spec` of a mechanism, `redirect=` or `exp=`.
     DomainSpec,
     /// The value of an unknown modifier: `macro-string` with every macro letter.
     ModifierValue,
-    /// The TXT record an `exp=` modifier points to (`explain-string`).
-    Explanation,
 }
 
 /// Why a macro string does not parse.
@@ -179,8 +177,7 @@ pub(crate) struct Vars<'a> {
 }
 
 impl MacroString {
-    /// Parse `input` (RFC 7208 §7.1 `macro-string`, or `explain-string` in
-    /// [`Context::Explanation`]).
+    /// Parse `input` (RFC 7208 §7.1 `macro-string`).
     pub(crate) fn parse(input: &str, context: Context) -> Result<MacroString, MacroError> {
         let mut tokens = Vec::new();
         let mut literal = String::new();
@@ -202,8 +199,7 @@ impl MacroString {
                     // RFC 7208 §7.1: any other character after '%' is a syntax error.
                     _ => return Err(MacroError::BadPercent),
                 },
-                // RFC 7208 §7.1: macro-literal = %x21-24 / %x26-7E; explain-string adds SP.
-                ' ' if context == Context::Explanation => literal.push(c),
+                // RFC 7208 §7.1: macro-literal = %x21-24 / %x26-7E.
                 '\x21'..='\x7e' => literal.push(c),
                 _ => return Err(MacroError::BadChar(c)),
             }
@@ -242,26 +238,6 @@ impl MacroString {
                     .find(|i| out.is_char_boundary(*i))
                     .unwrap_or(out.len());
                 out.drain(..cut);
-            }
-        }
-        out
-    }
-
-    /// Expand explanation text; stops once [`EXPLANATION_BUILD_MAX`] bytes are built.
-    pub(crate) fn expand_text(&self, vars: &Vars<'_>) -> String {
-        let mut out = String::new();
-        for token in &self.tokens {
-            match token {
-                Token::Literal(s) => out.push_str(s),
-                Token::Expand(e) => expand_one(e, vars, &mut out),
-            }
-            if out.len() >= EXPLANATION_BUILD_MAX {
-                let mut end = EXPLANATION_BUILD_MAX;
-                while !out.is_char_boundary(end) {
-                    end -= 1;
-                }
-                out.truncate(end);
-                break;
             }
         }
         out
@@ -522,14 +498,15 @@ mod tests {
                 "{bad:?} parsed"
             );
         }
-        for good in ["%{c}", "%{r}", "%{t}", "%{C}", "text with spaces %{i}"] {
+        for good in ["%{c}", "%{r}", "%{t}", "%{C}"] {
             assert!(
-                MacroString::parse(good, Context::Explanation).is_ok(),
+                MacroString::parse(good, Context::ModifierValue).is_ok(),
                 "{good:?} rejected"
             );
         }
         assert!(MacroString::parse("a b", Context::DomainSpec).is_err());
-        assert!(MacroString::parse("caf\u{e9}", Context::Explanation).is_err());
+        assert!(MacroString::parse("a b", Context::ModifierValue).is_err());
+        assert!(MacroString::parse("caf\u{e9}", Context::ModifierValue).is_err());
         assert!(MacroString::parse("%{c}", Context::ModifierValue).is_ok());
     }
 
@@ -540,10 +517,10 @@ mod tests {
                 .parse::<Ipv6Addr>()
                 .unwrap_or(Ipv6Addr::LOCALHOST),
         );
-        let m = MacroString::parse("%{c} %{r} %{t} %{v}", Context::Explanation).ok();
+        let m = MacroString::parse("%{c}.%{r}.%{t}.%{v}", Context::ModifierValue).ok();
         assert_eq!(
-            m.map(|m| m.expand_text(&vars(ip6))).as_deref(),
-            Some("cafe:babe::1 mx.example.net 1700000000 ip6")
+            m.map(|m| m.expand_domain(&vars(ip6))).as_deref(),
+            Some("cafe:babe::1.mx.example.net.1700000000.ip6")
         );
     }
 
@@ -555,8 +532,5 @@ mod tests {
         let m = MacroString::parse(&"%{l}".repeat(50), Context::DomainSpec).ok();
         let out = m.map(|m| m.expand_domain(&v)).unwrap_or_default();
         assert!(out.len() <= 2 * DOMAIN_TAIL_KEEP + long.len());
-        let m = MacroString::parse(&"%{l}".repeat(50), Context::Explanation).ok();
-        let out = m.map(|m| m.expand_text(&v)).unwrap_or_default();
-        assert!(out.len() <= EXPLANATION_BUILD_MAX);
     }
 }

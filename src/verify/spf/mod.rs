@@ -123,16 +123,10 @@ pub struct SpfOutcome {
     pub dns_queries: u32,
     /// Terms whose lookup returned NXDOMAIN or no records.
     pub void_lookups: u32,
-    /// The `exp=` text for `fail`, macro-expanded, printable ASCII, at most
-    /// [`MAX_EXPLANATION`] bytes. `None` when there was no usable `exp=`.
-    pub explanation: Option<String>,
 }
 
 /// Longest [`SpfOutcome::reason`].
 pub const MAX_REASON: usize = 200;
-/// Longest [`SpfOutcome::explanation`]: what fits in one SMTP reply line
-/// after the codes (RFC 5321 §4.5.3.1.5).
-pub const MAX_EXPLANATION: usize = 400;
 
 /// RFC 7208 §4.6.4 processing limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,9 +154,9 @@ impl SpfLimits {
     /// The most DNS queries one `check_host()` can make under these limits:
     /// the first TXT lookup, then at most `dns_mechanisms` counted terms of at
     /// most 11 queries each (`mx`: MX plus 10 address lookups; `ptr` and `%{p}`:
-    /// PTR plus 10), then the explanation (one TXT plus 11 for a `%{p}`).
+    /// PTR plus 10). `exp=` is never fetched.
     pub fn max_dns_queries(&self) -> u64 {
-        1 + 11 * u64::from(self.dns_mechanisms) + 12
+        1 + 11 * u64::from(self.dns_mechanisms)
     }
 }
 

@@ -139,7 +139,9 @@ pub(crate) struct Directive {
 pub(crate) struct Record {
     pub directives: Vec<Directive>,
     pub redirect: Option<MacroString>,
-    pub exp: Option<MacroString>,
+    /// Whether the record has `exp=`: its syntax is checked, its target
+    /// never fetched (see [`super::eval`]).
+    pub has_exp: bool,
 }
 
 /// RFC 7208 §4.5: a TXT record is an SPF record when it starts with
@@ -165,7 +167,7 @@ pub(crate) fn parse(txt: &[u8]) -> Result<Record, ParseError> {
     let mut record = Record {
         directives: Vec::new(),
         redirect: None,
-        exp: None,
+        has_exp: false,
     };
     // RFC 7208 §4.6.1: terms = *( 1*SP ( directive / modifier ) ); trailing SP allowed (§4.5).
     for term in text[VERSION.len()..].split(' ').filter(|t| !t.is_empty()) {
@@ -224,10 +226,11 @@ fn parse_modifier(
     } else if name.eq_ignore_ascii_case("exp") {
         // RFC 7208 §6: exp appears at most once; §6.2 explanation = "exp" "=" domain-spec
         // (an empty domain-spec is a permerror, per the suite's exp-empty-domain).
-        if record.exp.is_some() {
+        if record.has_exp {
             return Err(ParseError::DuplicateModifier("exp"));
         }
-        record.exp = Some(domain_spec(term, value)?);
+        domain_spec(term, value)?;
+        record.has_exp = true;
     } else {
         // RFC 7208 §6 and Appendix A: unknown-modifier = name "=" macro-string;
         // it is ignored, but its macro syntax must be valid.
