@@ -46,3 +46,188 @@ fn hosts_opening_a_new_store_at_once_all_succeed() {
         failures.len()
     );
 }
+
+/// A test CA and a server certificate it signed for `name`, made with the
+/// openssl CLI: (CA certificate, server certificate, server key).
+struct TestCa {
+    dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    fn new(server_name: &str) -> TestCa {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("openssl is installed");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let mut ca = vec![
+            "req", "-x509", "-days", "2", "-keyout", "ca.key", "-out", "ca.crt",
+        ];
+        ca.extend(ec);
+        // A CA name of its own, so that another TestCa is another issuer.
+        let ca_subject = format!(
+            "/CN=rmilter test CA {}",
+            d.file_name().unwrap().to_string_lossy()
+        );
+        ca.extend([
+            "-subj",
+            &ca_subject,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        run(&ca);
+        let subj = format!("/CN={server_name}");
+        let mut csr = vec!["req", "-new", "-keyout", "server.key", "-out", "server.csr"];
+        csr.extend(ec);
+        csr.extend(["-subj", &subj]);
+        run(&csr);
+        std::fs::write(
+            d.join("ext.cnf"),
+            format!(
+                "subjectAltName=DNS:{server_name}\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+            ),
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.crt",
+        ]);
+        TestCa { dir }
+    }
+
+    fn ca(&self) -> String {
+        self.dir.path().join("ca.crt").display().to_string()
+    }
+    fn cert(&self) -> std::path::PathBuf {
+        self.dir.path().join("server.crt")
+    }
+    fn key(&self) -> std::path::PathBuf {
+        self.dir.path().join("server.key")
+    }
+}
+
+/// How many client connections of the server use TLS.
+fn tls_connections(pg: &TestPg) -> i64 {
+    pg.psql("SELECT count(*) FROM pg_stat_ssl WHERE ssl")
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn tls_to_the_store_honours_sslmode_and_sslrootcert() {
+    let ca = TestCa::new("pg.test");
+    let other_ca = TestCa::new("pg.test");
+    let pg = TestPg::start_tcp(Some((&ca.cert(), &ca.key())));
+    let root = format!("sslrootcert={}", ca.ca());
+
+    // verify-full with the CA: a TLS connection that works.
+    let url = pg.tcp_url(
+        "pg.test",
+        "postgres",
+        &format!("sslmode=verify-full&{root}"),
+    );
+    let mut store = open(&url).expect("verify-full with the CA");
+    assert!(!store.store_id().unwrap().is_empty());
+    assert_eq!(tls_connections(&pg), 1);
+    drop(store);
+
+    // verify-full without the CA: refused before connecting.
+    let e = open(&pg.tcp_url("pg.test", "postgres", "sslmode=verify-full")).unwrap_err();
+    assert!(e.contains("sslmode=verify-full needs sslrootcert"), "{e}");
+    // ... with another CA: the chain is refused.
+    let e = open(&pg.tcp_url(
+        "pg.test",
+        "postgres",
+        &format!("sslmode=verify-full&sslrootcert={}", other_ca.ca()),
+    ))
+    .unwrap_err();
+    assert!(e.contains("TLS") && e.contains("UnknownIssuer"), "{e}");
+    // ... on a name mismatch: refused, naming the name.
+    let e = open(&pg.tcp_url(
+        "db.other.test",
+        "postgres",
+        &format!("sslmode=verify-full&{root}"),
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("not valid for name") && e.contains("db.other.test"),
+        "{e}"
+    );
+    // verify-ca checks the chain only; require without a CA encrypts only.
+    for mode in [
+        format!("sslmode=verify-ca&{root}"),
+        "sslmode=require".into(),
+    ] {
+        let store = open(&pg.tcp_url("db.other.test", "postgres", &mode))
+            .unwrap_or_else(|e| panic!("{mode}: {e}"));
+        assert_eq!(tls_connections(&pg), 1, "{mode}");
+        drop(store);
+    }
+    let e = open(&pg.tcp_url(
+        "db.other.test",
+        "postgres",
+        &format!("sslmode=verify-ca&sslrootcert={}", other_ca.ca()),
+    ))
+    .unwrap_err();
+    assert!(e.contains("UnknownIssuer"), "{e}");
+    // prefer (the default) uses TLS when offered; disable does not.
+    let _prefer = open(&pg.tcp_url("pg.test", "postgres", "")).expect("prefer");
+    assert_eq!(tls_connections(&pg), 1);
+    let _plain = open(&pg.tcp_url("pg.test", "postgres", "sslmode=disable")).expect("disable");
+    assert_eq!(tls_connections(&pg), 1);
+    assert_eq!(
+        pg.psql(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE NOT s.ssl AND a.client_addr IS NOT NULL"
+        ),
+        "1"
+    );
+}
+
+#[test]
+fn require_refuses_a_server_without_tls() {
+    let pg = TestPg::start_tcp(None);
+    let e = open(&pg.tcp_url("localhost", "postgres", "sslmode=require")).unwrap_err();
+    assert!(e.contains("server does not support TLS"), "{e}");
+    let ca = TestCa::new("localhost");
+    let e = open(&pg.tcp_url(
+        "localhost",
+        "postgres",
+        &format!("sslmode=verify-full&sslrootcert={}", ca.ca()),
+    ))
+    .unwrap_err();
+    assert!(e.contains("server does not support TLS"), "{e}");
+    // prefer falls back to a plain connection.
+    let _store = open(&pg.tcp_url("localhost", "postgres", "sslmode=prefer")).expect("prefer");
+}

@@ -194,6 +194,23 @@ impl TestPg {
         format!("postgres://postgres@localhost/{name}?host={sock}&port={port}",)
     }
 
+    /// Run one SQL statement with psql (as `postgres`, over the socket) and
+    /// return its unaligned, tuples-only output.
+    pub fn psql(&self, sql: &str) -> String {
+        let port = self.port.to_string();
+        let sock = self.socket_dir.display().to_string();
+        let out = run_bounded(
+            as_postgres(
+                "psql",
+                &["-h", &sock, "-p", &port, "-U", "postgres", "-XAtc", sql],
+            ),
+            None,
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "psql {sql}: {}", show(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -12,6 +12,7 @@
 
 mod postgres;
 mod sqlite;
+pub mod tls;
 
 use crate::config::ReportStore;
 use serde::{Deserialize, Serialize};
