@@ -231,3 +231,29 @@ fn require_refuses_a_server_without_tls() {
     // prefer falls back to a plain connection.
     let _store = open(&pg.tcp_url("localhost", "postgres", "sslmode=prefer")).expect("prefer");
 }
+
+/// A password (SCRAM-SHA-256) login over TLS: the server offers
+/// SCRAM-SHA-256-PLUS, rmilter does not do channel binding and says so, and
+/// the login succeeds; a wrong password is refused by name.
+#[test]
+fn scram_login_over_tls() {
+    let ca = TestCa::new("pg.test");
+    let pg = TestPg::start_tcp(Some((&ca.cert(), &ca.key())));
+    pg.psql(
+        "SET password_encryption = 'scram-sha-256'; CREATE ROLE rmilter LOGIN PASSWORD 'pw s3cret'",
+    );
+    pg.hba_first("hostssl all rmilter 127.0.0.1/32 scram-sha-256");
+    let url = |password: &str| {
+        format!(
+            "postgres://rmilter:{password}@pg.test:{}/postgres?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert={}",
+            pg.port(),
+            ca.ca()
+        )
+    };
+    pg.psql("GRANT CREATE ON SCHEMA public TO rmilter");
+    let _store = open(&url("pw%20s3cret")).expect("SCRAM over TLS");
+    assert_eq!(tls_connections(&pg), 1);
+    let e = open(&url("wrong")).unwrap_err();
+    assert!(e.contains("password authentication failed"), "{e}");
+    assert!(!e.contains("wrong"), "the password is not shown: {e}");
+}

@@ -211,6 +211,18 @@ impl TestPg {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Put `line` first in pg_hba.conf and reload.
+    pub fn hba_first(&self, line: &str) {
+        let hba = self.data.join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(&hba, format!("{line}\n{old}")).unwrap();
+        assert_eq!(self.psql("SELECT pg_reload_conf()"), "t");
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
