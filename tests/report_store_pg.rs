@@ -1,6 +1,7 @@
 //! The shared PostgreSQL report store against a private PostgreSQL server:
-//! several hosts opening a new, empty store at the same moment all succeed
-//! (the migration is serialised before anything is created), and TLS to the
+//! several hosts (connections, and `rmilter report generate` processes)
+//! opening a new, empty store at the same moment all succeed (the migration
+//! is serialised before anything is created), and TLS to the
 //! server honours `sslmode` and `sslrootcert` in the store URL with a test CA
 //! made here by the openssl CLI.
 
@@ -43,6 +44,50 @@ fn hosts_opening_a_new_store_at_once_all_succeed() {
     assert!(
         failures.is_empty(),
         "{} opens failed: {failures:?}",
+        failures.len()
+    );
+}
+
+/// The same from processes: `rmilter report generate` run by several
+/// "hosts" at once on a new store all exit 0.
+#[test]
+fn concurrent_report_generate_on_a_new_store_succeeds() {
+    let pg = TestPg::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for round in 0..4 {
+        let url = pg.create_db(&format!("gen{round}"));
+        let cfg = dir.path().join(format!("rmilter{round}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "authserv_id = \"mx.example.org\"\n[report]\nenabled = true\nstore = \"{url}\"\nreporting_domain = \"mx.example.org\"\n"
+            ),
+        )
+        .unwrap();
+        let children: Vec<_> = (0..5)
+            .map(|i| {
+                std::process::Command::new(env!("CARGO_BIN_EXE_rmilter"))
+                    .args(["report", "generate", "-c"])
+                    .arg(&cfg)
+                    .arg("--out")
+                    .arg(dir.path().join(format!("out{round}-{i}")))
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            if !out.status.success() {
+                failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 20 failed: {failures:?}",
         failures.len()
     );
 }
