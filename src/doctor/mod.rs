@@ -30,7 +30,9 @@ use std::process::{Command, ExitCode};
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
-    /// Read main.cf and master.cf from DIR instead of running postconf
+    /// Check the Postfix configuration in DIR (as `postconf -c DIR`; read
+    /// main.cf and master.cf directly, with Postfix 3.7's defaults, when
+    /// Postfix is not installed)
     #[arg(long, value_name = "DIR")]
     pub postfix_dir: Option<PathBuf>,
     /// Skip the DNS checks of the signing domains
