@@ -277,9 +277,9 @@ fn require_refuses_a_server_without_tls() {
     let _store = open(&pg.tcp_url("localhost", "postgres", "sslmode=prefer")).expect("prefer");
 }
 
-/// A password (SCRAM-SHA-256) login over TLS: the server offers
-/// SCRAM-SHA-256-PLUS, rmilter does not do channel binding and says so, and
-/// the login succeeds; a wrong password is refused by name.
+/// A password (SCRAM-SHA-256) login over TLS, bound to the TLS channel
+/// (SCRAM-SHA-256-PLUS, `channel_binding=require`); a wrong password is
+/// refused by PostgreSQL's message, without showing it.
 #[test]
 fn scram_login_over_tls() {
     let ca = TestCa::new("pg.test");
@@ -298,6 +298,10 @@ fn scram_login_over_tls() {
     pg.psql("GRANT CREATE ON SCHEMA public TO rmilter");
     let _store = open(&url("pw%20s3cret")).expect("SCRAM over TLS");
     assert_eq!(tls_connections(&pg), 1);
+    // SCRAM-SHA-256-PLUS: bound to the server's certificate (ECDSA P-256,
+    // SHA-256); a wrong binding would fail the login.
+    let _bound = open(&format!("{}&channel_binding=require", url("pw%20s3cret")))
+        .expect("SCRAM-SHA-256-PLUS over TLS");
     let e = open(&url("wrong")).unwrap_err();
     assert!(e.contains("password authentication failed"), "{e}");
     assert!(!e.contains("wrong"), "the password is not shown: {e}");

@@ -10,12 +10,14 @@
 //! unless `sslrootcert` is given (then as `verify-ca`); `verify-ca` checks
 //! the chain against `sslrootcert`; `verify-full` also checks the server's
 //! name. `sslrootcert=system` trusts the system's CA certificates.
-//! Channel binding (SCRAM `tls-server-end-point`) is not offered.
+//! SCRAM logins bind to the TLS channel (`tls-server-end-point`, RFC 5929)
+//! when the certificate's signature names one hash.
 //!
 //! The connector is written here rather than taken from
 //! tokio-postgres-rustls / postgres-rustls: those pull in ring and x509
-//! parsing crates for channel binding, and still leave `verify-ca` and the
-//! unverified modes to the caller.
+//! parsing crates for channel binding (here: aws-lc-rs's digest and the
+//! certificate's signature algorithm read from its DER), and still leave
+//! `verify-ca` and the unverified modes to the caller.
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -387,8 +389,72 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
     fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
+        let cert = self
+            .0
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first());
+        match cert.and_then(|c| end_point_hash(c).map(|alg| (c, alg))) {
+            Some((cert, alg)) => ChannelBinding::tls_server_end_point(
+                aws_lc_rs::digest::digest(alg, cert.as_ref())
+                    .as_ref()
+                    .to_vec(),
+            ),
+            None => ChannelBinding::none(),
+        }
     }
+}
+
+/// The hash of SCRAM's `tls-server-end-point` channel binding: RFC 5929
+/// §4.1: the certificate's signature hash, SHA-256 for MD5 and SHA-1.
+/// `None` (no channel binding) for signatures without one hash (RSASSA-PSS,
+/// Ed25519), as PostgreSQL cannot bind to those either.
+fn end_point_hash(cert: &[u8]) -> Option<&'static aws_lc_rs::digest::Algorithm> {
+    use aws_lc_rs::digest::{SHA256, SHA384, SHA512};
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm
+    // AlgorithmIdentifier ::= SEQUENCE { OID, params }, signature }
+    let (cert, _) = der(cert, 0x30)?;
+    let (_, rest) = der(cert, 0x30)?;
+    let (alg, _) = der(rest, 0x30)?;
+    let (oid, _) = der(alg, 0x06)?;
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01]; // 1.2.840.113549.1.1
+    const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01]; // 1.2.840.10045.4.1
+    const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03]; // 1.2.840.10045.4.3
+    if oid == ECDSA_SHA1 {
+        return Some(&SHA256);
+    }
+    match (oid.strip_prefix(RSA), oid.strip_prefix(ECDSA_SHA2)) {
+        // md5, sha1, sha256 WithRSAEncryption
+        (Some([0x04 | 0x05 | 0x0b]), _) | (_, Some([0x02])) => Some(&SHA256),
+        (Some([0x0c]), _) | (_, Some([0x03])) => Some(&SHA384),
+        (Some([0x0d]), _) | (_, Some([0x04])) => Some(&SHA512),
+        _ => None,
+    }
+}
+
+/// One DER element with tag `tag` at the start of `b`: (its contents, what
+/// follows it).
+fn der(b: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    if *b.first()? != tag {
+        return None;
+    }
+    let first = *b.get(1)?;
+    let (len, header) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let len = b
+            .get(2..2 + n)?
+            .iter()
+            .fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
+        (len, 2 + n)
+    };
+    let end = header.checked_add(len)?;
+    Some((b.get(header..end)?, &b[end..]))
 }
 
 #[cfg(test)]
@@ -414,6 +480,34 @@ mod tests {
         );
         let (url, _) = split_url("postgres://u@h/r?sslmode=disable").unwrap();
         assert!(url.ends_with("?sslmode=disable"));
+    }
+
+    #[test]
+    fn end_point_hash_follows_the_signature_algorithm() {
+        // A certificate's outer layers with only the signature algorithm.
+        let cert = |oid: &[u8]| {
+            let mut alg = vec![0x06, oid.len() as u8];
+            alg.extend(oid);
+            let mut inner = vec![0x30, 0x00, 0x30, alg.len() as u8];
+            inner.extend(alg);
+            inner.extend([0x03, 0x01, 0x00]);
+            let mut out = vec![0x30, 0x81, inner.len() as u8];
+            out.extend(inner);
+            out
+        };
+        let name = |oid: &[u8]| end_point_hash(&cert(oid)).map(|a| a.output_len());
+        let rsa = |n: u8| [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, n];
+        let ecdsa = |n: u8| [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, n];
+        assert_eq!(name(&rsa(0x05)), Some(32)); // sha1WithRSA: SHA-256
+        assert_eq!(name(&rsa(0x0b)), Some(32));
+        assert_eq!(name(&rsa(0x0c)), Some(48));
+        assert_eq!(name(&rsa(0x0d)), Some(64));
+        assert_eq!(name(&rsa(0x0a)), None); // RSASSA-PSS
+        assert_eq!(name(&ecdsa(0x02)), Some(32));
+        assert_eq!(name(&ecdsa(0x03)), Some(48));
+        assert_eq!(name(&[0x2b, 0x65, 0x70]), None); // Ed25519
+        assert_eq!(end_point_hash(&[0x30, 0x85, 1, 2, 3, 4, 5]), None);
+        assert_eq!(end_point_hash(&[]), None);
     }
 
     #[test]
