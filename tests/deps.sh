@@ -6,6 +6,7 @@
 #   opendkim, opendkim-tools, openssl     OpenDKIM, a second independent signer/verifier
 #   libxml2-utils                         xmllint, validates DMARC reports against the RFC 9990 schema
 #   postgresql                            a private PostgreSQL server for the shared report store tests
+#                                         (openssl also makes its test CA for TLS)
 #   systemd                               systemd-analyze verify of the shipped units
 set -euo pipefail
 

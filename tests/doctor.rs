@@ -133,6 +133,7 @@ async fn every_case_gives_its_findings() {
     cases.sort();
     assert!(cases.len() >= 40, "{} cases", cases.len());
     let default_toml = std::fs::read_to_string(root().join("rmilter.toml")).unwrap();
+    let no_postconf = Path::new("/nonexistent");
     let mut failures = Vec::new();
     for case in &cases {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
@@ -179,35 +180,39 @@ async fn every_case_gives_its_findings() {
                 std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             }
         }
-        let (code, json) = doctor(
-            &[
-                "--postfix-dir",
-                dir.to_str().unwrap(),
-                "-c",
-                toml.to_str().unwrap(),
-                "--no-dns",
-            ],
-            &[],
-        );
+        // Through the installed Postfix's postconf, and with the built-in
+        // table of defaults (no postconf on the PATH).
+        for (how, env) in [("postconf", vec![]), ("table", vec![("PATH", no_postconf)])] {
+            let (code, json) = doctor(
+                &[
+                    "--postfix-dir",
+                    dir.to_str().unwrap(),
+                    "-c",
+                    toml.to_str().unwrap(),
+                    "--no-dns",
+                ],
+                &env,
+            );
+            let expected = parse_expected(&expected_text);
+            let got = findings(&json);
+            if !matches(&expected, &got) {
+                failures.push(format!(
+                    "{name} ({how}):\n--- expected\n{}\n--- got\n{}",
+                    show(&expected),
+                    show(&got)
+                ));
+                continue;
+            }
+            let high = got.iter().any(|f| f.severity == "high");
+            if code != i32::from(high) {
+                failures.push(format!("{name} ({how}): exit code {code} with high={high}"));
+            }
+        }
         drop(bound);
-        let expected = parse_expected(&expected_text);
-        let got = findings(&json);
-        if !matches(&expected, &got) {
-            failures.push(format!(
-                "{name}:\n--- expected\n{}\n--- got\n{}",
-                show(&expected),
-                show(&got)
-            ));
-            continue;
-        }
-        let high = got.iter().any(|f| f.severity == "high");
-        if code != i32::from(high) {
-            failures.push(format!("{name}: exit code {code} with high={high}"));
-        }
     }
     assert!(
         failures.is_empty(),
-        "{} of {} cases differ:\n{}",
+        "{} of {} case runs differ:\n{}",
         failures.len(),
         cases.len(),
         failures.join("\n\n")
@@ -515,5 +520,102 @@ fn signing_rules_and_logins_findings() {
     assert!(
         !got.iter().any(|g| g.contains("signing-logins")),
         "{got:#?}"
+    );
+}
+
+/// A copy of a corpus case (its files filled in) and its rmilter.toml.
+fn case_copy(case: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("etc");
+    std::fs::create_dir(&dir).unwrap();
+    let fill = |text: &str| {
+        text.replace("@TMP@", &tmp.path().display().to_string())
+            .replace("@DIR@", &dir.display().to_string())
+            .replace("@PORT@", "9")
+    };
+    for entry in std::fs::read_dir(root().join(case)).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_owned();
+        std::fs::write(
+            dir.join(file),
+            fill(&std::fs::read_to_string(&path).unwrap()),
+        )
+        .unwrap();
+    }
+    let toml = dir.join("rmilter.toml");
+    if !toml.exists() {
+        let text = std::fs::read_to_string(root().join("rmilter.toml")).unwrap();
+        std::fs::write(&toml, fill(&text)).unwrap();
+    }
+    (tmp, dir, toml)
+}
+
+/// Defaults differ between Postfix versions (smtpd_forbid_bare_newline is
+/// `normalize` from 3.9): with Postfix installed, `--postfix-dir` takes
+/// every default from its postconf (`postconf -c DIR`), and says which
+/// version; without it, the built-in table of 3.7 applies, and says so.
+#[test]
+fn defaults_come_from_the_installed_postfix() {
+    let (_tmp, dir, toml) = case_copy("bare-newline");
+    let args = [
+        "--postfix-dir",
+        dir.to_str().unwrap(),
+        "-c",
+        toml.to_str().unwrap(),
+        "--no-dns",
+        "--no-probe",
+    ];
+    let has_bare_newline =
+        |json: &serde_json::Value| findings(json).iter().any(|f| f.id == "bare-newline");
+    // A "Postfix 3.9": the real postconf with 3.9's default and version.
+    let bin = tempfile::tempdir().unwrap();
+    let log = bin.path().join("calls");
+    let wrapper = bin.path().join("postconf");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\n/usr/sbin/postconf \"$@\" | sed -e 's/^smtpd_forbid_bare_newline = no$/smtpd_forbid_bare_newline = normalize/' -e 's/^mail_version = .*/mail_version = 3.9.1/'\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:/usr/bin:/bin", bin.path().display());
+    let (_, json) = doctor(&args, &[("PATH", Path::new(&path))]);
+    assert_eq!(
+        json["postfix_defaults"], "postconf (Postfix 3.9.1)",
+        "{json:#}"
+    );
+    assert!(!has_bare_newline(&json), "{json:#}");
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        calls.contains(&format!("-c {} -n", dir.display())),
+        "{calls}"
+    );
+    // The Postfix installed here (Debian 12: 3.7), through its postconf.
+    let (_, json) = doctor(&args, &[]);
+    let defaults = json["postfix_defaults"].as_str().unwrap();
+    assert!(defaults.starts_with("postconf (Postfix 3."), "{json:#}");
+    assert!(has_bare_newline(&json), "{json:#}");
+    // No Postfix: the table, naming the version it assumes.
+    let (_, json) = doctor(&args, &[("PATH", Path::new("/nonexistent"))]);
+    assert_eq!(
+        json["postfix_defaults"],
+        "a built-in table of Postfix 3.7's defaults (postconf is not installed)"
+    );
+    assert!(has_bare_newline(&json), "{json:#}");
+    // The text report names them too.
+    let out = Command::new(env!("CARGO_BIN_EXE_rmilter"))
+        .arg("doctor")
+        .args(args)
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "defaults from a built-in table of Postfix 3.7's defaults (postconf is not installed)"
+        ),
+        "{text}"
     );
 }

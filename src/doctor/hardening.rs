@@ -327,7 +327,10 @@ fn restrictions(global: &Params<'_>, findings: &mut Vec<Finding>) {
 
 fn mynetworks(global: &Params<'_>, findings: &mut Vec<Finding>) {
     let value = global.get("mynetworks");
-    if value.trim().is_empty() {
+    // Unset, Postfix derives mynetworks from this host's interfaces by
+    // mynetworks_style (postconf shows the result for the host it runs on,
+    // which is what the style means there): judge the style.
+    if value.trim().is_empty() || !global.is_set("mynetworks") {
         let style = global.get("mynetworks_style");
         let (severity, why) = match style.trim() {
             "class" => (

@@ -307,6 +307,7 @@ pub fn check(cx: &Context<'_>) -> Vec<Finding> {
     }
     findings.extend(outbound_rules(cx, &sites));
     findings.extend(chained(cx, &sites, &queue_dir));
+    findings.extend(order(cx, &sites, &queue_dir));
     findings.extend(header_checks(cx));
     findings
 }
@@ -902,6 +903,52 @@ fn chained(cx: &Context<'_>, sites: &[Site<'_>], queue_dir: &Path) -> Vec<Findin
                 fix_list(site, &rest.join(", ")),
             ));
         }
+    }
+    findings
+}
+
+/// rmilter after another milter in a list. Postfix numbers the header
+/// fields of a milter's change/delete requests (SMFIR_CHGHEADER) counting
+/// the fields an earlier milter inserted, while rmilter counted the
+/// fields it was sent: each inserted field of the same name shifts the
+/// index, and the deletion of a forged Authentication-Results (RFC 8601
+/// §5) hits another field or none.
+fn order(cx: &Context<'_>, sites: &[Site<'_>], queue_dir: &Path) -> Vec<Finding> {
+    let main = &cx.postfix.main;
+    let listen = &cx.runtime.config.listen;
+    let mut seen = BTreeSet::new();
+    let mut findings = Vec::new();
+    for site in sites {
+        let svc = site.service;
+        let chrooted = svc.chrooted(main);
+        let value = svc.params(main).get(site.parameter);
+        let milters = entries(&value);
+        let Some(at) = milters
+            .iter()
+            .position(|e| reaches(&target(&e.spec, chrooted, queue_dir), listen))
+        else {
+            continue;
+        };
+        if at == 0 || !seen.insert((site.parameter, value.clone())) {
+            continue;
+        }
+        let mut items = list(&value);
+        let ours = items.remove(at);
+        let before: Vec<&str> = milters[..at].iter().map(|e| e.spec.as_str()).collect();
+        items.insert(0, ours);
+        findings.push(Finding::new(
+            "milter-order",
+            Severity::Medium,
+            CAT,
+            format!(
+                "{}: rmilter ({}) comes after {}",
+                site.parameter,
+                milters[at].spec,
+                before.join(", ")
+            ),
+            "Postfix counts header fields an earlier milter inserted when it applies rmilter's header changes, so rmilter's deletion of a forged Authentication-Results by index can hit another field and leave the forgery; rmilter must see the message first",
+            fix_list(site, &items.join(", ")),
+        ));
     }
     findings
 }

@@ -5,9 +5,12 @@
 //! setting or a DNS record).
 //!
 //! Postfix's configuration comes from `postconf -n` and `postconf -M` (the
-//! running system; `MAIL_CONFIG` selects another configuration directory)
-//! or, with `--postfix-dir`, from main.cf and master.cf read directly
-//! ([`postconf`]). The checks are in [`milter`] (wiring: the sockets
+//! running system; `MAIL_CONFIG` or `--postfix-dir DIR`, as `postconf -c
+//! DIR`, select another configuration directory), with every parameter's
+//! effective value from `postconf` itself, so the defaults are the
+//! installed version's. Only when Postfix is not installed does
+//! `--postfix-dir` read main.cf and master.cf directly, with a built-in
+//! table of Postfix 3.7's defaults ([`postconf`]), and says so. The checks are in [`milter`] (wiring: the sockets
 //! Postfix connects to, actions, protocol, macros, other mail
 //! authentication milters, header_checks), [`hardening`] and [`dns`].
 
@@ -28,7 +31,9 @@ use std::process::{Command, ExitCode};
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
-    /// Read main.cf and master.cf from DIR instead of running postconf
+    /// Check the Postfix configuration in DIR (as `postconf -c DIR`; read
+    /// main.cf and master.cf directly, with Postfix 3.7's defaults, when
+    /// Postfix is not installed)
     #[arg(long, value_name = "DIR")]
     pub postfix_dir: Option<PathBuf>,
     /// Skip the DNS checks of the signing domains
@@ -107,12 +112,16 @@ pub struct Postfix {
     pub services: Vec<Service>,
     /// Where it came from, for the report.
     pub source: String,
+    /// Where the defaults came from: the installed Postfix (naming its
+    /// version) or the built-in table (naming the version it assumes).
+    pub defaults: String,
     /// The configuration directory, for relative table paths.
     pub config_dir: Option<PathBuf>,
 }
 
 impl Postfix {
-    /// main.cf and master.cf from a directory.
+    /// main.cf and master.cf read from a directory, with the built-in
+    /// defaults: for a configuration copied off a host without Postfix here.
     pub fn from_dir(dir: &Path) -> anyhow::Result<Postfix> {
         let read = |name: &str| {
             let path = dir.join(name);
@@ -125,39 +134,85 @@ impl Postfix {
                 "{}/main.cf and master.cf",
                 dir.display().to_string().trim_end_matches('/')
             ),
+            defaults: format!(
+                "a built-in table of Postfix {}'s defaults (postconf is not installed)",
+                postconf::TABLE_VERSION
+            ),
             config_dir: Some(dir.to_path_buf()),
         })
     }
 
-    /// `postconf -n` and `postconf -M` of the running system.
-    pub fn from_postconf() -> anyhow::Result<Postfix> {
+    /// The installed Postfix's view, through `postconf` (`-c DIR` for
+    /// another configuration directory): `-n` for what main.cf sets, `-M`
+    /// for master.cf, and every parameter's effective value (`postconf`,
+    /// `postconf -x`), so that the defaults are those of the installed
+    /// version.
+    pub fn from_postconf(dir: Option<&Path>) -> anyhow::Result<Postfix> {
         let run = |args: &[&str]| -> anyhow::Result<String> {
-            let out = Command::new("postconf").args(args).output().map_err(|e| {
+            let mut cmd = Command::new("postconf");
+            if let Some(dir) = dir {
+                cmd.arg("-c").arg(dir);
+            }
+            let out = cmd.args(args).output().map_err(|e| {
                 anyhow::anyhow!(
                     "cannot run postconf: {e} (is Postfix installed? use --postfix-dir DIR to read a configuration directory)"
                 )
             })?;
             if !out.status.success() {
                 anyhow::bail!(
-                    "postconf {} failed: {}",
+                    "postconf {}{} failed: {}",
+                    dir.map(|d| format!("-c {} ", d.display()))
+                        .unwrap_or_default(),
                     args.join(" "),
                     String::from_utf8_lossy(&out.stderr).trim()
                 );
             }
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         };
-        let main = MainCf::parse(&run(&["-n"])?);
-        let services = postconf::parse_master(&run(&["-M"])?);
-        let config_dir = run(&["-h", "config_directory"])
-            .ok()
-            .map(|d| PathBuf::from(d.trim()));
+        let main = MainCf::parse(&run(&["-n"])?).with_effective(&run(&[])?, &run(&["-x"])?);
+        // master.cf read from the directory keeps its line numbers for
+        // the fixes (`postconf -M` prints one line per service).
+        let services = match dir {
+            Some(d) => {
+                let path = d.join("master.cf");
+                postconf::parse_master(
+                    &std::fs::read_to_string(&path)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                )
+            }
+            None => postconf::parse_master(&run(&["-M"])?),
+        };
+        let config_dir = match dir {
+            Some(d) => Some(d.to_path_buf()),
+            None => run(&["-h", "config_directory"])
+                .ok()
+                .map(|d| PathBuf::from(d.trim())),
+        };
+        let version = main.default("mail_version").unwrap_or_default();
+        let c = dir
+            .map(|d| format!("postconf -c {} ", d.display()))
+            .unwrap_or_else(|| "postconf ".into());
         Ok(Postfix {
             main,
             services,
-            source: "postconf -n and postconf -M".to_string(),
+            source: match dir {
+                Some(d) => format!("{c}-n and {}/master.cf", d.display()),
+                None => format!("{c}-n and {c}-M"),
+            },
+            defaults: format!("postconf (Postfix {})", version.trim()),
             config_dir,
         })
     }
+}
+
+/// Whether `postconf` can be run (Postfix is installed).
+pub fn postconf_installed() -> bool {
+    Command::new("postconf")
+        .args(["-d", "-h", "mail_version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Everything the checks look at.
@@ -224,9 +279,12 @@ pub fn main(args: DoctorArgs) -> ExitCode {
             return ExitCode::from(78);
         }
     };
+    // With Postfix installed its own defaults apply (they differ between
+    // versions); the built-in table only when it is not.
     let postfix = match &args.postfix_dir {
+        Some(dir) if postconf_installed() => Postfix::from_postconf(Some(dir)),
         Some(dir) => Postfix::from_dir(dir),
-        None => Postfix::from_postconf(),
+        None => Postfix::from_postconf(None),
     };
     let postfix = match postfix {
         Ok(p) => p,
@@ -259,6 +317,7 @@ pub fn main(args: DoctorArgs) -> ExitCode {
     if args.json {
         let doc = serde_json::json!({
             "postfix": postfix.source,
+            "postfix_defaults": postfix.defaults,
             "rmilter": runtime.config.source.to_string(),
             "dns_checked": !args.no_dns,
             "socket_probed": !args.no_probe,
@@ -266,7 +325,7 @@ pub fn main(args: DoctorArgs) -> ExitCode {
         });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
-        print!("{}", render(&findings, &postfix.source, &runtime, &args));
+        print!("{}", render(&findings, &postfix, &runtime, &args));
     }
     if high {
         ExitCode::from(1)
@@ -278,13 +337,13 @@ pub fn main(args: DoctorArgs) -> ExitCode {
 /// The text report.
 pub fn render(
     findings: &[Finding],
-    postfix_source: &str,
+    postfix: &Postfix,
     runtime: &Runtime,
     args: &DoctorArgs,
 ) -> String {
     let mut out = format!(
-        "rmilter doctor: Postfix configuration from {postfix_source}; rmilter configuration {} (listen {})\n\n",
-        runtime.config.source, runtime.config.listen
+        "rmilter doctor: Postfix configuration from {}, defaults from {}; rmilter configuration {} (listen {})\n\n",
+        postfix.source, postfix.defaults, runtime.config.source, runtime.config.listen
     );
     for f in findings {
         out.push_str(&format!(

@@ -1,8 +1,9 @@
 //! Postfix's configuration as `rmilter doctor` reads it: main.cf (or the
 //! output of `postconf -n`, which has the same syntax) with continuation
 //! lines and `$name` expansion, the defaults of the parameters the doctor
-//! looks at (Postfix 3.7, as Debian 12 ships it), and master.cf (or
-//! `postconf -M`) services with their `-o` overrides.
+//! looks at (the installed Postfix's, from `postconf`; a built-in table of
+//! Postfix 3.7's, as Debian 12 ships it, when Postfix is not installed), and
+//! master.cf (or `postconf -M`) services with their `-o` overrides.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +12,24 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Default)]
 pub struct MainCf {
     params: BTreeMap<String, String>,
+    /// The installed Postfix's effective values (`postconf` and `postconf
+    /// -x`), which replace the built-in table of defaults when present.
+    effective: Option<Effective>,
 }
+
+/// Every parameter's value as the installed Postfix reports it.
+#[derive(Debug, Clone, Default)]
+pub struct Effective {
+    /// `postconf`: unexpanded, so that `$name` follows a service's `-o`.
+    pub raw: BTreeMap<String, String>,
+    /// `postconf -x`: expanded, for values that compare
+    /// `compatibility_level` (`${{$compatibility_level} <level {2} ? …}`),
+    /// which only Postfix evaluates.
+    pub expanded: BTreeMap<String, String>,
+}
+
+/// The Postfix version whose defaults the built-in table holds.
+pub const TABLE_VERSION: &str = "3.7";
 
 impl MainCf {
     pub fn parse(text: &str) -> MainCf {
@@ -44,7 +62,24 @@ impl MainCf {
         if let Some((name, value)) = current {
             params.insert(name, value);
         }
-        MainCf { params }
+        MainCf {
+            params,
+            effective: None,
+        }
+    }
+
+    /// Take defaults from the installed Postfix instead of the table.
+    pub fn with_effective(mut self, raw: &str, expanded: &str) -> MainCf {
+        self.effective = Some(Effective {
+            raw: MainCf::parse(raw).params,
+            expanded: MainCf::parse(expanded).params,
+        });
+        self
+    }
+
+    /// Whether defaults come from the installed Postfix (else the table).
+    pub fn has_effective(&self) -> bool {
+        self.effective.is_some()
     }
 
     /// The value written in main.cf, unexpanded.
@@ -64,8 +99,16 @@ impl MainCf {
             .unwrap_or(0.0)
     }
 
-    /// The built-in default of a parameter, unexpanded.
+    /// The default of a parameter, unexpanded: the installed Postfix's
+    /// value when known, else the built-in table (Postfix 3.7).
     pub fn default(&self, name: &str) -> Option<String> {
+        if let Some(eff) = &self.effective {
+            let raw = eff.raw.get(name)?;
+            if raw.contains("${{") {
+                return eff.expanded.get(name).cloned();
+            }
+            return Some(raw.clone());
+        }
         let level = self.compatibility_level();
         let value = match name {
             "smtpd_relay_restrictions" if level < 1.0 => "",

@@ -1,7 +1,8 @@
 //! A private, throw-away PostgreSQL server for the shared report store
 //! tests: Debian's PostgreSQL 15 binaries run as user `postgres` on a data
 //! directory and a unix socket directory inside a fresh temporary directory,
-//! on a private port, with no TCP listener. Dropping the value stops it.
+//! on a private port, with no TCP listener ([`TestPg::start_tcp`] adds one on
+//! 127.0.0.1, with or without TLS). Dropping the value stops it.
 //! Needs root (to run as `postgres`) and Debian's `postgresql` package.
 #![allow(dead_code)]
 
@@ -18,6 +19,7 @@ pub struct TestPg {
     data: PathBuf,
     socket_dir: PathBuf,
     port: u16,
+    tcp: bool,
 }
 
 fn as_postgres(program: &str, args: &[&str]) -> Command {
@@ -30,6 +32,16 @@ fn as_postgres(program: &str, args: &[&str]) -> Command {
 
 impl TestPg {
     pub fn start() -> TestPg {
+        TestPg::start_with(None)
+    }
+
+    /// A server that also listens on 127.0.0.1; with `tls` (certificate
+    /// chain and key PEM files) it offers TLS (`ssl = on`).
+    pub fn start_tcp(tls: Option<(&Path, &Path)>) -> TestPg {
+        TestPg::start_with(Some(tls))
+    }
+
+    fn start_with(tcp: Option<Option<(&Path, &Path)>>) -> TestPg {
         assert!(
             Path::new(BIN).join("postgres").exists(),
             "PostgreSQL 15 is not installed ({BIN}); install Debian's `postgresql` package"
@@ -51,6 +63,29 @@ impl TestPg {
             assert!(st.success());
         }
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let mut listen = "''".to_string();
+        let mut ssl = String::new();
+        if let Some(tls) = tcp {
+            listen = "127.0.0.1".into();
+            if let Some((cert, key)) = tls {
+                let (c, k) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+                std::fs::copy(cert, &c).unwrap();
+                std::fs::copy(key, &k).unwrap();
+                for f in [&c, &k] {
+                    Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(f)
+                        .status()
+                        .unwrap();
+                    std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+                }
+                ssl = format!(
+                    " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                    c.display(),
+                    k.display()
+                );
+            }
+        }
         let data_s = data.display().to_string();
         let out = run_bounded(
             as_postgres(
@@ -82,7 +117,7 @@ impl TestPg {
         for _ in 0..3 {
             let port = free_port();
             let options = format!(
-                "-p {port} -k {} -c listen_addresses='' -c fsync=off -c max_connections=50",
+                "-p {port} -k {} -c listen_addresses={listen} -c fsync=off -c max_connections=50{ssl}",
                 socket_dir.display()
             );
             let out = run_bounded(
@@ -110,6 +145,7 @@ impl TestPg {
                     data,
                     socket_dir,
                     port,
+                    tcp: tcp.is_some(),
                 };
             }
             last = format!(
@@ -128,6 +164,63 @@ impl TestPg {
             self.socket_dir.display(),
             self.port
         )
+    }
+
+    /// A connection string over TCP to 127.0.0.1 naming the server `host`
+    /// (what TLS checks the certificate against), for database `db`, with
+    /// `extra` query parameters (`sslmode=…&sslrootcert=…`).
+    pub fn tcp_url(&self, host: &str, db: &str, extra: &str) -> String {
+        assert!(self.tcp, "start the server with TestPg::start_tcp");
+        let sep = if extra.is_empty() { "" } else { "&" };
+        format!(
+            "postgres://postgres@{host}:{}/{db}?hostaddr=127.0.0.1{sep}{extra}",
+            self.port
+        )
+    }
+
+    /// Create an empty database; returns its connection string (unix socket).
+    pub fn create_db(&self, name: &str) -> String {
+        let port = self.port.to_string();
+        let sock = self.socket_dir.display().to_string();
+        let out = run_bounded(
+            as_postgres(
+                "createdb",
+                &["-h", &sock, "-p", &port, "-U", "postgres", name],
+            ),
+            None,
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "createdb {name}: {}", show(&out));
+        format!("postgres://postgres@localhost/{name}?host={sock}&port={port}",)
+    }
+
+    /// Run one SQL statement with psql (as `postgres`, over the socket) and
+    /// return its unaligned, tuples-only output.
+    pub fn psql(&self, sql: &str) -> String {
+        let port = self.port.to_string();
+        let sock = self.socket_dir.display().to_string();
+        let out = run_bounded(
+            as_postgres(
+                "psql",
+                &["-h", &sock, "-p", &port, "-U", "postgres", "-XAtc", sql],
+            ),
+            None,
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "psql {sql}: {}", show(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Put `line` first in pg_hba.conf and reload.
+    pub fn hba_first(&self, line: &str) {
+        let hba = self.data.join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(&hba, format!("{line}\n{old}")).unwrap();
+        assert_eq!(self.psql("SELECT pg_reload_conf()"), "t");
     }
 
     pub fn dir(&self) -> &Path {

@@ -15,6 +15,10 @@ pub(super) fn report(ctx: &Ctx, raw: RawReport) -> Result<ReportSettings, Config
         .unwrap_or_else(|| "/var/lib/rmilter/reports.db".to_string());
     let store = if store_text.starts_with("postgres://") || store_text.starts_with("postgresql://")
     {
+        // sslmode and sslrootcert are read when the store is opened; a typo
+        // is refused here, at load.
+        crate::report::store::tls::split_url(&store_text)
+            .map_err(|m| ctx.err("report.store", m))?;
         ReportStore::Postgres(store_text)
     } else if store_text.contains("://") {
         return Err(ctx.err(

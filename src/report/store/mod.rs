@@ -12,6 +12,7 @@
 
 mod postgres;
 mod sqlite;
+pub mod tls;
 
 use crate::config::ReportStore;
 use serde::{Deserialize, Serialize};
@@ -311,15 +312,21 @@ impl Store {
     pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        self.db
-            .batch("CREATE TABLE IF NOT EXISTS report_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            .map_err(|m| self.err(m))?;
         let dialect = self.db.dialect();
         self.transaction(|s| {
             if dialect == Dialect::Postgres {
-                // Several hosts may start at once: one migrates, the others wait.
+                // Several hosts may start at once: one migrates, the others
+                // wait. The lock comes before anything is created: two
+                // concurrent `CREATE TABLE IF NOT EXISTS` of a new table both
+                // insert its row type and one fails with 23505
+                // (pg_type_typname_nsp_index). SQLite's BEGIN IMMEDIATE
+                // already holds the write lock here.
                 s.query("SELECT pg_advisory_xact_lock(72657074)", &[])?;
             }
+            s.db.batch(
+                "CREATE TABLE IF NOT EXISTS report_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            )
+            .map_err(|m| s.err(m))?;
             let rows = s.query(
                 "SELECT value FROM report_meta WHERE key = 'schema_version'",
                 &[],

@@ -2,9 +2,10 @@
 //! current-thread runtime so that the store stays a plain blocking
 //! interface (the milter's writer thread and `report send` call it).
 //! `postgres://user:password@host:port/db`, or `?host=/run/postgresql` for a
-//! unix socket directory.
+//! unix socket directory. `sslmode` and `sslrootcert` in the URL select TLS
+//! ([`super::tls`]).
 
-use super::{Db, Dialect, Value};
+use super::{Db, Dialect, Value, tls};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
@@ -14,26 +15,51 @@ pub struct Postgres {
 }
 
 pub fn open(url: &str) -> Result<Postgres, String> {
+    let (url, options) = tls::split_url(url)?;
+    let tls = tls::client_config(&options)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let (client, connection) = rt.block_on(async {
-        tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            tokio_postgres::connect(url, NoTls),
-        )
-        .await
-        .map_err(|_| "connection timed out after 10s".to_string())?
-        .map_err(|e| error_text(&e))
-    })?;
-    // The connection task runs whenever the runtime is driven (in block_on).
-    rt.spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "report store: PostgreSQL connection ended");
+    let client = rt.block_on(async {
+        let timeout = std::time::Duration::from_secs(10);
+        let timed_out = |_| "connection timed out after 10s".to_string();
+        match tls {
+            // The connection task runs whenever the runtime is driven (in
+            // block_on).
+            None => {
+                let (client, connection) =
+                    tokio::time::timeout(timeout, tokio_postgres::connect(&url, NoTls))
+                        .await
+                        .map_err(timed_out)?
+                        .map_err(|e| error_text(&e))?;
+                tokio::spawn(drive(connection));
+                Ok::<_, String>(client)
+            }
+            Some(config) => {
+                let (client, connection) = tokio::time::timeout(
+                    timeout,
+                    tokio_postgres::connect(&url, tls::MakeRustls::new(config)),
+                )
+                .await
+                .map_err(timed_out)?
+                .map_err(|e| error_text(&e))?;
+                tokio::spawn(drive(connection));
+                Ok(client)
+            }
         }
-    });
+    })?;
     Ok(Postgres { rt, client })
+}
+
+async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "report store: PostgreSQL connection ended");
+    }
 }
 
 fn error_text(e: &tokio_postgres::Error) -> String {
