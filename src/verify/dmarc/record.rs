@@ -2,7 +2,7 @@
 //! the way the RFC asks. Only a TXT record whose first tag is `v=DMARC1` is a
 //! DMARC record at all; after that, unknown tags are ignored, an invalid
 //! value of an optional tag takes the tag's default, and an invalid or
-//! missing `p` (or an invalid `sp`/`np`) with a valid `rua` reads as
+//! missing `p` with a valid `rua` reads as
 //! `p=none` (§4.10.1). Every value that was ignored or defaulted is kept in
 //! [`Record::notes`] for `rmilter explain` and `rmilter doctor`.
 //!
@@ -44,7 +44,7 @@ pub struct Record {
     pub ruf: Vec<ReportUri>,
     /// Legacy `pct=` (RFC 7489 §6.3), when a whole number 0..=100.
     pub pct: Option<u8>,
-    /// False when the record has no valid `p` (or an invalid `sp`/`np`) and
+    /// False when the record has no valid `p` and
     /// no valid `rua`: applied, it means no DMARC processing (§4.10.1).
     pub usable: bool,
     /// Tags ignored and values replaced by their defaults, one line each.
@@ -327,33 +327,46 @@ pub fn parse(txt: &[u8]) -> Option<Record> {
             _ => notes.push(format!("unknown tag {name}, ignored")),
         }
     }
-    // RFC 9989 §4.10.1: no valid "p", or an invalid "sp"/"np": with a valid
-    // rua the record reads as "p=none", else no DMARC processing.
-    let broken = [("p", &p), ("sp", &sp), ("np", &np)]
-        .into_iter()
-        .filter_map(|(tag, v)| match v {
-            Some(Err(value)) => Some(format!("{tag}={value:?} is not valid")),
-            None if tag == "p" => Some("no p tag".to_string()),
-            _ => None,
-        })
-        .collect::<Vec<_>>();
-    if broken.is_empty() {
-        let valid = |v: Option<Result<Policy, String>>| v.and_then(Result::ok);
-        record.p = valid(p).unwrap_or(Policy::None);
-        record.sp = valid(sp).unwrap_or(record.p);
-        record.np = valid(np).unwrap_or(record.sp);
-    } else if !record.rua.is_empty() {
-        record.notes.push(format!(
-            "{}: with a valid rua the record reads as p=none (RFC 9989 §4.10.1)",
-            broken.join(", ")
-        ));
-    } else {
-        record.usable = false;
-        record.notes.push(format!(
-            "{} and no valid rua: no DMARC processing (RFC 9989 §4.10.1)",
-            broken.join(", ")
-        ));
+    // An invalid "sp" or "np" takes its default ("sp" = "p", "np" = "sp"),
+    // like every other tag but "v" and "p": a typo in a subdomain policy must
+    // not switch off the domain's own p=reject.
+    let valid = |v: Option<Result<Policy, String>>, tag: &str, notes: &mut Vec<String>| match v {
+        Some(Ok(policy)) => Some(policy),
+        Some(Err(value)) => {
+            notes.push(format!("{tag}={value:?} is not valid, its default applies"));
+            None
+        }
+        None => None,
+    };
+    let sp = valid(sp, "sp", &mut record.notes);
+    let np = valid(np, "np", &mut record.notes);
+    match p {
+        Some(Ok(policy)) => record.p = policy,
+        // RFC 9989 §4.10.1: no valid "p": with a valid rua the record reads
+        // as "p=none", else no DMARC processing.
+        broken => {
+            let why = match broken {
+                Some(Err(value)) => format!("p={value:?} is not valid"),
+                _ => "no p tag".to_string(),
+            };
+            if record.rua.is_empty() {
+                record.usable = false;
+                record.notes.push(format!(
+                    "{why} and no valid rua: no DMARC processing (RFC 9989 §4.10.1)"
+                ));
+            } else {
+                record.notes.push(format!(
+                    "{why}: with a valid rua the record reads as p=none (RFC 9989 §4.10.1)"
+                ));
+            }
+            record.p = Policy::None;
+            record.sp = Policy::None;
+            record.np = Policy::None;
+            return Some(record);
+        }
     }
+    record.sp = sp.unwrap_or(record.p);
+    record.np = np.unwrap_or(record.sp);
     Some(record)
 }
 
