@@ -56,6 +56,17 @@ pub enum Command {
     /// The daemon's own evaluation, run once; --dns answers lookups from a
     /// zone file instead of the configured resolvers.
     Explain(crate::explain::ExplainArgs),
+    /// Write the manual pages (rmilter.8, rmilter.toml.5) and the bash and
+    /// zsh completions into DIR; used to build the package.
+    #[command(hide = true)]
+    Manual(ManualArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManualArgs {
+    /// Directory to write into (created when missing)
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
