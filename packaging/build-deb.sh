@@ -53,9 +53,9 @@ HEADER = """# Debian package: the reference configuration with the settings of a
 # packaged install: rmilter starts as root (rmilter.service), binds its socket
 # inside Postfix's chroot (/var/spool/postfix, as Debian runs smtpd), gives it
 # to group postfix, writes its pid file, and runs as the rmilter user from
-# then on. In Postfix (main.cf), chrooted:
+# then on. In Postfix's main.cf (names inside the chroot):
 #   smtpd_milters = unix:/rmilter/rmilter.sock
-#   non_smtpd_milters = unix:/var/spool/postfix/rmilter/rmilter.sock
+#   non_smtpd_milters = $smtpd_milters
 # See rmilter.toml(5).
 
 """
