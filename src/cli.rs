@@ -1,13 +1,13 @@
 //! Command-line interface: the clap definitions of every subcommand.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
-/// Default location of the configuration file.
-pub const DEFAULT_CONFIG: &str = "/etc/rmilter/rmilter.toml";
-
-/// Default directory for `keys generate`.
-pub const DEFAULT_KEY_DIR: &str = "/etc/rmilter/keys";
+// The subcommand modules take these from `config` and `keys::cli`, which
+// own them; this module only imports (no module imports it back but
+// main.rs), and re-exports them for callers of the command line.
+pub use crate::config::{ConfigArg, DEFAULT_CONFIG, DEFAULT_KEY_DIR};
+pub use crate::keys::cli::AlgorithmArg as KeyAlgorithm;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,14 +70,6 @@ pub struct ManualArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ConfigArg {
-    /// Configuration file [default: /etc/rmilter/rmilter.toml, or the
-    /// embedded defaults when that file does not exist]
-    #[arg(short = 'c', long = "config", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub config: ConfigArg,
@@ -122,12 +114,4 @@ pub struct GenerateArgs {
     /// Key directory
     #[arg(long, value_name = "DIR", default_value = DEFAULT_KEY_DIR)]
     pub dir: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum KeyAlgorithm {
-    /// RSA with SHA-256 (rsa-sha256), understood by every verifier
-    Rsa,
-    /// Ed25519 with SHA-256 (ed25519-sha256, RFC 8463)
-    Ed25519,
 }

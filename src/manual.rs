@@ -255,7 +255,7 @@ pub fn config_page() -> String {
     page.control("SH", ["NAME"]);
     page.text([roman("rmilter.toml - configuration file of rmilter(8)")]);
     page.control("SH", ["SYNOPSIS"]);
-    page.text([bold(crate::cli::DEFAULT_CONFIG)]);
+    page.text([bold(crate::config::DEFAULT_CONFIG)]);
     page.control("SH", ["DESCRIPTION"]);
     for paragraph in &sections[0].intro {
         page.text([roman(paragraph.as_str())]);
@@ -323,10 +323,10 @@ pub fn config_page() -> String {
     }
     page.control("SH", ["FILES"]);
     page.control("TP", []);
-    page.text([bold(crate::cli::DEFAULT_CONFIG)]);
+    page.text([bold(crate::config::DEFAULT_CONFIG)]);
     page.text([roman("The configuration read without -c.")]);
     page.control("TP", []);
-    page.text([bold(crate::cli::DEFAULT_KEY_DIR)]);
+    page.text([bold(crate::config::DEFAULT_KEY_DIR)]);
     page.text([roman("Default directory of rmilter keys generate.")]);
     page.control("SH", ["SEE ALSO"]);
     page.text([roman("rmilter(8), postconf(5)")]);
@@ -411,13 +411,13 @@ pub fn command_page() -> String {
     )]);
     tail.control("SH", ["FILES"]);
     tail.control("TP", []);
-    tail.text([bold(crate::cli::DEFAULT_CONFIG)]);
+    tail.text([bold(crate::config::DEFAULT_CONFIG)]);
     tail.text([roman(
         "The configuration, see rmilter.toml(5); without it and without -c, rmilter \
          runs on its embedded defaults (verify only, no keys).",
     )]);
     tail.control("TP", []);
-    tail.text([bold(crate::cli::DEFAULT_KEY_DIR)]);
+    tail.text([bold(crate::config::DEFAULT_KEY_DIR)]);
     tail.text([roman("Default key directory of keys generate.")]);
     tail.control("SH", ["SEE ALSO"]);
     tail.text([roman(
