@@ -13,8 +13,7 @@ use std::collections::BTreeSet;
 fn fields_of(prefix: &str) -> Option<Vec<String>> {
     let probe = format!("{prefix}zz_no_such_key_zz = 1\n");
     let err = toml::from_str::<RawConfig>(&probe)
-        .err()
-        .expect("an unknown key must be refused")
+        .expect_err("an unknown key must be refused")
         .to_string();
     if !err.contains("unknown field `zz_no_such_key_zz`") {
         return None;
