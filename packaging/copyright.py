@@ -82,24 +82,29 @@ def ids(expr):
 
 
 def license_text(lic, crates):
+    """The text of `lic` from the first crate naming it: a file named for
+    that licence, or a crate's one LICENSE file (first from crates under
+    that licence alone, then from any crate naming it)."""
     names = TEXT_FILES.get(lic, [])
-    for pkg in crates:
-        if lic not in ids(expression(pkg)):
-            continue
-        single = ids(expression(pkg)) == [lic]
-        folder = os.path.dirname(pkg["manifest_path"])
-        try:
-            files = sorted(os.listdir(folder))
-        except OSError:
-            continue
-        for want in names:
-            if want == "license" and not single:
+    for any_crate in (False, True):
+        for pkg in crates:
+            if lic not in ids(expression(pkg)):
                 continue
-            for f in files:
-                stem = f.lower().rsplit(".", 1)[0] if f.lower().endswith((".txt", ".md")) else f.lower()
-                if stem == want:
-                    with open(os.path.join(folder, f), encoding="utf-8", errors="replace") as fh:
-                        return fh.read(), f"{pkg['name']} {pkg['version']}"
+            single = ids(expression(pkg)) == [lic]
+            folder = os.path.dirname(pkg["manifest_path"])
+            try:
+                files = sorted(os.listdir(folder))
+            except OSError:
+                continue
+            for want in names + ["license"]:
+                if want == "license" and not (single or any_crate):
+                    continue
+                for f in files:
+                    name = f.lower().replace("_", "-")
+                    stem = name.rsplit(".", 1)[0] if name.endswith((".txt", ".md")) else name
+                    if stem == want:
+                        with open(os.path.join(folder, f), encoding="utf-8", errors="replace") as fh:
+                            return fh.read(), f"{pkg['name']} {pkg['version']}"
     return None, None
 
 
