@@ -104,7 +104,12 @@ def license_text(lic, crates):
                     stem = name.rsplit(".", 1)[0] if name.endswith((".txt", ".md")) else name
                     if stem == want:
                         with open(os.path.join(folder, f), encoding="utf-8", errors="replace") as fh:
-                            return fh.read(), f"{pkg['name']} {pkg['version']}"
+                            text = fh.read()
+                        # Apache-2.0 is referenced in common-licenses, never
+                        # copied (lintian: copyright-file-contains-full-apache-2-license).
+                        if "TERMS AND CONDITIONS FOR USE, REPRODUCTION" in text:
+                            continue
+                        return text, f"{pkg['name']} {pkg['version']}"
     return None, None
 
 
