@@ -3,8 +3,9 @@
 # cargo call here passes --ignore-rust-version.
 CARGO ?= cargo
 CARGO_FLAGS ?= --ignore-rust-version
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: build release test lint fmt run clean bench
+.PHONY: build release test lint fmt run clean bench deb
 
 build:
 	$(CARGO) build $(CARGO_FLAGS)
@@ -35,6 +36,16 @@ bench:
 
 fmt:
 	$(CARGO) fmt --all
+
+# The Debian package rmilter_VERSION_ARCH.deb (release binary, man pages,
+# completions, units, /etc/rmilter/rmilter.toml; see packaging/), checked
+# with lintian. Installs debhelper and lintian from apt when missing.
+deb: release
+	bash packaging/deps.sh
+	bash packaging/build-deb.sh $(TARGET_DIR)/release/rmilter $(TARGET_DIR)/deb >$(TARGET_DIR)/deb.path
+	cp "$$(cat $(TARGET_DIR)/deb.path)" .
+	lintian --fail-on error,warning "$$(basename "$$(cat $(TARGET_DIR)/deb.path)")"
+	@echo "built $$(basename "$$(cat $(TARGET_DIR)/deb.path)")"
 
 # Run on the embedded defaults (or /etc/rmilter/rmilter.toml when it exists).
 run:

@@ -1,13 +1,13 @@
 //! Command-line interface: the clap definitions of every subcommand.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
-/// Default location of the configuration file.
-pub const DEFAULT_CONFIG: &str = "/etc/rmilter/rmilter.toml";
-
-/// Default directory for `keys generate`.
-pub const DEFAULT_KEY_DIR: &str = "/etc/rmilter/keys";
+// The subcommand modules take these from `config` and `keys::cli`, which
+// own them; this module only imports (no module imports it back but
+// main.rs), and re-exports them for callers of the command line.
+pub use crate::config::{ConfigArg, DEFAULT_CONFIG, DEFAULT_KEY_DIR};
+pub use crate::keys::cli::AlgorithmArg as KeyAlgorithm;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,14 +56,17 @@ pub enum Command {
     /// The daemon's own evaluation, run once; --dns answers lookups from a
     /// zone file instead of the configured resolvers.
     Explain(crate::explain::ExplainArgs),
+    /// Write the manual pages (rmilter.8, rmilter.toml.5) and the bash and
+    /// zsh completions into DIR; used to build the package.
+    #[command(hide = true)]
+    Manual(ManualArgs),
 }
 
 #[derive(Debug, Args)]
-pub struct ConfigArg {
-    /// Configuration file [default: /etc/rmilter/rmilter.toml, or the
-    /// embedded defaults when that file does not exist]
-    #[arg(short = 'c', long = "config", value_name = "FILE")]
-    pub config: Option<PathBuf>,
+pub struct ManualArgs {
+    /// Directory to write into (created when missing)
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -111,12 +114,4 @@ pub struct GenerateArgs {
     /// Key directory
     #[arg(long, value_name = "DIR", default_value = DEFAULT_KEY_DIR)]
     pub dir: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum KeyAlgorithm {
-    /// RSA with SHA-256 (rsa-sha256), understood by every verifier
-    Rsa,
-    /// Ed25519 with SHA-256 (ed25519-sha256, RFC 8463)
-    Ed25519,
 }

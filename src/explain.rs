@@ -12,8 +12,8 @@
 //! every lookup from a zone file served on loopback ([`crate::dns::zone`]);
 //! without it the resolvers of `[dns]` are asked.
 
-use crate::cli::{ConfigArg, DEFAULT_CONFIG};
 use crate::config::{self, Action, Overrides};
+use crate::config::{ConfigArg, DEFAULT_CONFIG};
 use crate::dns::zone::{Zone, ZoneServer};
 use crate::identity::{self, Author};
 use crate::milter::inbound::{self, Evaluated};

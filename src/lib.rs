@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod explain;
 pub mod identity;
 pub mod keys;
+pub mod manual;
 pub mod metrics;
 pub mod milter;
 pub mod report;

@@ -61,6 +61,12 @@ fn main() -> ExitCode {
         Command::Doctor(args) => rmilter::doctor::main(args),
         Command::Explain(args) => rmilter::explain::main(args),
         Command::Keys(KeysCommand::Lifecycle(command)) => keys::cli::run(command),
+        Command::Manual(args) => match rmilter::manual::write_all(&args.out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => failure(
+                &anyhow::Error::new(e).context(format!("cannot write to {}", args.out.display())),
+            ),
+        },
     }
 }
 

@@ -8,9 +8,10 @@
 #   postgresql                            a private PostgreSQL server for the shared report store tests
 #                                         (openssl also makes its test CA for TLS)
 #   systemd                               systemd-analyze verify of the shipped units
+#   debhelper, lintian                    build and check the Debian package (tests/package.rs)
 set -euo pipefail
 
-PKGS="postfix sasl2-bin libsasl2-modules python3-dkim opendkim opendkim-tools openssl libxml2-utils postgresql systemd"
+PKGS="postfix sasl2-bin libsasl2-modules python3-dkim opendkim opendkim-tools openssl libxml2-utils postgresql systemd debhelper lintian"
 
 missing=""
 for p in $PKGS; do

@@ -18,6 +18,21 @@ pub use validate::{
     parse_listen, parse_sender_pattern, render_selector,
 };
 
+/// Default location of the configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/rmilter/rmilter.toml";
+
+/// Default directory for `keys generate`.
+pub const DEFAULT_KEY_DIR: &str = "/etc/rmilter/keys";
+
+/// `-c FILE` of every subcommand that reads the configuration.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// Configuration file [default: /etc/rmilter/rmilter.toml, or the
+    /// embedded defaults when that file does not exist]
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
 /// Where a configuration came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {

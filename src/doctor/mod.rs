@@ -20,7 +20,7 @@ pub mod milter;
 pub mod postconf;
 pub mod signing;
 
-use crate::cli::{ConfigArg, DEFAULT_CONFIG};
+use crate::config::{ConfigArg, DEFAULT_CONFIG};
 use crate::config::Overrides;
 use crate::runtime::Runtime;
 use clap::Args;

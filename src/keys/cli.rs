@@ -8,8 +8,7 @@
 
 use super::check::Checker;
 use super::lifecycle::{self, LifecycleError, StatusRow};
-use crate::cli::{ConfigArg, DEFAULT_CONFIG, KeyAlgorithm as CliAlgorithm};
-use crate::config::{self, Config, KeyAlgorithm, Overrides};
+use crate::config::{self, Config, ConfigArg, DEFAULT_CONFIG, KeyAlgorithm, Overrides};
 use crate::daemon::{ReloadRequest, request_reload};
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -66,7 +65,7 @@ pub struct RotateArgs {
     pub domain: String,
     /// Make a key of this algorithm only
     #[arg(long, value_enum)]
-    pub algorithm: Option<CliAlgorithm>,
+    pub algorithm: Option<AlgorithmArg>,
     /// RSA modulus size (2048, 3072 or 4096) [default: keys.rsa_bits]
     #[arg(long, value_name = "N")]
     pub bits: Option<u32>,
@@ -228,8 +227,8 @@ fn rotate(args: &RotateArgs) -> Result<ExitCode, Failure> {
     let config = load(&args.config)?;
     let domain = domain_arg(&args.domain)?;
     let algorithm = args.algorithm.map(|a| match a {
-        CliAlgorithm::Rsa => KeyAlgorithm::Rsa,
-        CliAlgorithm::Ed25519 => KeyAlgorithm::Ed25519,
+        AlgorithmArg::Rsa => KeyAlgorithm::Rsa,
+        AlgorithmArg::Ed25519 => KeyAlgorithm::Ed25519,
     });
     let keys = lifecycle::rotate(&config, &domain, algorithm, args.bits, SystemTime::now())?;
     if args.json {
@@ -587,4 +586,13 @@ fn retire(args: &RetireArgs) -> Result<ExitCode, Failure> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `--algorithm` of `keys generate` and `keys rotate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AlgorithmArg {
+    /// RSA with SHA-256 (rsa-sha256), understood by every verifier
+    Rsa,
+    /// Ed25519 with SHA-256 (ed25519-sha256, RFC 8463)
+    Ed25519,
 }

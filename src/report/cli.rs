@@ -3,8 +3,8 @@
 
 use super::store::Store;
 use super::{generate, period_of, send, unix_time, xml};
-use crate::cli::{ConfigArg, DEFAULT_CONFIG};
 use crate::config::{self, Config, Overrides};
+use crate::config::{ConfigArg, DEFAULT_CONFIG};
 use clap::{Args, Subcommand};
 use std::io::Write;
 use std::path::{Path, PathBuf};
