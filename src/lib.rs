@@ -13,6 +13,7 @@ pub mod explain;
 pub mod identity;
 pub mod keys;
 pub mod metrics;
+pub mod migrate;
 pub mod milter;
 pub mod report;
 pub mod runtime;

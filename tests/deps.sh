@@ -4,12 +4,13 @@
 #   postfix, sasl2-bin, libsasl2-modules  the real-Postfix end-to-end tests
 #   python3-dkim                          dkimpy, the independent DKIM verifier
 #   opendkim, opendkim-tools, openssl     OpenDKIM, a second independent signer/verifier
+#   opendmarc                             OpenDMARC: its stock configuration for the migrate corpus, and its verdicts
 #   libxml2-utils                         xmllint, validates DMARC reports against the RFC 9990 schema
 #   postgresql                            a private PostgreSQL server for the shared report store tests
 #   systemd                               systemd-analyze verify of the shipped units
 set -euo pipefail
 
-PKGS="postfix sasl2-bin libsasl2-modules python3-dkim opendkim opendkim-tools openssl libxml2-utils postgresql systemd"
+PKGS="postfix sasl2-bin libsasl2-modules python3-dkim opendkim opendkim-tools openssl opendmarc libxml2-utils postgresql systemd"
 
 missing=""
 for p in $PKGS; do
