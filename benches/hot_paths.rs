@@ -112,6 +112,7 @@ fn signer(c: &mut Criterion) {
                 path: dir.join(file),
                 algorithm: None,
                 origin: "bench".into(),
+                ..Default::default()
             })
             .expect("keys.example key"),
         )
@@ -133,6 +134,9 @@ fn signer(c: &mut Criterion) {
         oversign: ["from", "to", "subject"].map(String::from).to_vec(),
         expire: None,
         subdomains: false,
+        rule_match: rmilter::config::RuleMatch::First,
+        rules: Vec::new(),
+        logins: Default::default(),
     };
     let fields = fields();
     let block = header_section(fields.iter().map(|(n, v)| (&n[..], &v[..])), true);
@@ -142,7 +146,7 @@ fn signer(c: &mut Criterion) {
         ("ed25519", "ed2026.pem", "ed2026"),
         ("rsa2048", "rsa2026.pem", "rsa2026"),
     ] {
-        let keys = [key(file, selector)];
+        let keys = rmilter::sign::Selected::own(&[key(file, selector)]);
         c.bench_function(&format!("sign_2k/{name}"), |b| {
             b.iter(|| {
                 let mut s = MessageSigner::start(&keys, &names, &signing, &block);

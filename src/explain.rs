@@ -17,8 +17,9 @@ use crate::config::{self, Action, Overrides};
 use crate::dns::zone::{Zone, ZoneServer};
 use crate::identity::{self, Author};
 use crate::milter::inbound::{self, Evaluated};
-use crate::milter::{ClientFacts, Direction, Reply, refusal_reply};
+use crate::milter::{ClientFacts, Direction, Reply, login_reply, refusal_reply};
 use crate::runtime::Runtime;
+use crate::sign::logins::LoginVerdict;
 use crate::sign::{self, MessageSigner};
 use crate::verify::authres;
 use crate::verify::decision::policy_str;
@@ -322,7 +323,14 @@ pub async fn explain(runtime: &Runtime, args: &ExplainArgs, message: &[u8]) -> T
 
     let (action, reply, quarantine, results) = if direction.is_outbound() {
         outbound(
-            runtime, &headers, message, header_end, &gate, &mut text, &mut json,
+            runtime,
+            args.auth.as_deref().filter(|a| !a.is_empty()),
+            &headers,
+            message,
+            header_end,
+            &gate,
+            &mut text,
+            &mut json,
         )
     } else {
         match &gate {
@@ -408,6 +416,7 @@ fn results_display(value: &str) -> String {
 #[allow(clippy::type_complexity)]
 fn outbound(
     runtime: &Runtime,
+    login: Option<&str>,
     headers: &[(Vec<u8>, Vec<u8>)],
     message: &[u8],
     header_end: usize,
@@ -441,40 +450,125 @@ fn outbound(
             };
         }
     };
-    let keys = runtime
+    let choice = runtime
         .keys
-        .select(&author.domain, config.signing.subdomains);
-    if keys.is_empty() {
-        line(
-            text,
-            "signing",
-            format!("not signed: no signing key for {}", author.domain),
-        );
+        .choose(&author.address, &author.domain, config.signing.subdomains);
+    let rules_json = json!({
+        "rule_match": config.signing.rule_match.as_str(),
+        "matched": choice.matched,
+    });
+    if choice.by_rules {
+        if choice.matched.is_empty() {
+            line(
+                text,
+                "signing rules",
+                format!(
+                    "no [[signing.rule]] matches {} ({} rules)",
+                    author.address,
+                    config.signing.rules.len()
+                ),
+            );
+        } else {
+            line(
+                text,
+                "signing rules",
+                format!(
+                    "{} matches {} (rule_match = {})",
+                    choice.matched.join(", "),
+                    author.address,
+                    config.signing.rule_match.as_str()
+                ),
+            );
+        }
+    } else {
+        line(text, "signing rules", "none: keys of the From domain sign");
+    }
+    if choice.keys.is_empty() {
+        let why = if choice.by_rules {
+            format!("no signing rule gives a key for {}", author.address)
+        } else {
+            format!("no signing key for {}", author.domain)
+        };
+        line(text, "signing", format!("not signed: {why}"));
         json.insert(
             "signing".into(),
-            json!({"signed": false, "why": format!("no signing key for {}", author.domain)}),
+            json!({"signed": false, "why": why, "rules": rules_json}),
         );
         return (Action::Accept, Reply::Accept, None, None);
     }
+    if let Some(login) = login
+        && runtime.logins.enabled()
+    {
+        match runtime.logins.check(login, &author.address) {
+            LoginVerdict::Allowed(why) => {
+                line(
+                    text,
+                    "login",
+                    format!("{login} may send as {}: {why}", author.address),
+                );
+            }
+            LoginVerdict::Refused(why) => {
+                let action = config.signing.logins.action;
+                line(text, "login", format!("refused: {why}"));
+                line(
+                    text,
+                    "signing",
+                    format!("not signed; signing.logins.action = {}", action.as_str()),
+                );
+                json.insert(
+                    "signing".into(),
+                    json!({"signed": false, "why": why, "rules": rules_json, "login": login}),
+                );
+                return match action {
+                    Action::Quarantine => (
+                        action,
+                        Reply::Continue,
+                        Some(format!("rmilter: {why}")),
+                        None,
+                    ),
+                    Action::Accept => (action, Reply::Accept, None, None),
+                    _ => (
+                        action,
+                        login_reply(action, login, &author.address),
+                        None,
+                        None,
+                    ),
+                };
+            }
+        }
+    }
+    let keys = &choice.keys;
     let names = sign::header_list(&config.signing, headers.iter().map(|(n, _)| &n[..]));
     let mut signer = MessageSigner::start(keys, &names, &config.signing, &message[..header_end]);
     let body = message.get(header_end + 2..).unwrap_or_default();
     signer.body(body);
     let key_list: Vec<Value> = keys
         .iter()
-        .map(|k| json!({"domain": k.domain, "selector": k.selector, "algorithm": k.algorithm.dkim_name(), "bits": k.bits}))
+        .map(|k| json!({"domain": k.domain, "selector": k.key.selector, "algorithm": k.key.algorithm.dkim_name(), "bits": k.key.bits, "name": k.key.name}))
         .collect();
     for k in keys {
         line(
             text,
             "signing",
             format!(
-                "key d={} s={} a={} ({} bits, {})",
+                "key d={} s={} a={} ({} bits, {}{}{})",
                 k.domain,
-                k.selector,
-                k.algorithm.dkim_name(),
-                k.bits,
-                k.path.display()
+                k.key.selector,
+                k.key.algorithm.dkim_name(),
+                k.key.bits,
+                k.key.path.display(),
+                k.key
+                    .name
+                    .as_deref()
+                    .map(|n| format!(", key {n}"))
+                    .unwrap_or_default(),
+                if k.key.domain == crate::config::SENDER_DOMAIN {
+                    ", domain \"%\": the From domain"
+                } else if k.domain != author.domain {
+                    ", third-party signature"
+                } else {
+                    ""
+                }
             ),
         );
     }
@@ -489,6 +583,7 @@ fn outbound(
                 json!({
                     "signed": true,
                     "keys": key_list,
+                    "rules": rules_json,
                     "headers": names,
                     "signatures": signatures.iter().map(|s| s.value.clone()).collect::<Vec<_>>(),
                 }),

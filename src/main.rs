@@ -104,18 +104,53 @@ fn check_config(args: &ConfigArg) -> ExitCode {
                 .to_string()),
         c.signing.subdomains
     );
+    if !c.signing.rules.is_empty() {
+        println!(
+            "  signing rules {} (rule_match = {})",
+            c.signing.rules.len(),
+            c.signing.rule_match.as_str()
+        );
+    }
+    for rule in &c.signing.rules {
+        println!(
+            "  rule          {} sender={} keys=[{}]",
+            rule.origin,
+            rule.sender.text,
+            rule.keys.join(", ")
+        );
+    }
+    if c.signing.logins.enabled {
+        println!(
+            "  logins        own_domain={} sender_login_maps={} allow={} action={}",
+            c.signing.logins.own_domain,
+            c.signing
+                .logins
+                .sender_login_maps
+                .as_ref()
+                .map_or("none".to_string(), |p| p.display().to_string()),
+            c.signing.logins.allow.len(),
+            c.signing.logins.action.as_str()
+        );
+    }
     if rt.keys.is_empty() {
         println!("  keys          none (verify only)");
     }
     for key in rt.keys.iter() {
         println!(
-            "  key           d={} s={} a={} bits={} file={}",
+            "  key           d={} s={} a={} bits={} file={}{}",
             key.domain,
             key.selector,
             key.algorithm.dkim_name(),
             key.bits,
-            key.path.display()
+            key.path.display(),
+            key.name
+                .as_deref()
+                .map(|n| format!(" name={n}"))
+                .unwrap_or_default()
         );
+    }
+    for warning in &rt.warnings {
+        println!("  warning       {warning}");
     }
     ExitCode::SUCCESS
 }

@@ -127,7 +127,14 @@ impl Histogram {
 const OUTCOMES: [&str; 4] = ["accept", "quarantine", "reject", "tempfail"];
 
 /// Why an action other than accept was taken.
-const REASONS: [&str; 5] = ["dmarc", "bad_from", "oversized_headers", "error", "other"];
+const REASONS: [&str; 6] = [
+    "dmarc",
+    "bad_from",
+    "oversized_headers",
+    "error",
+    "login",
+    "other",
+];
 
 /// The one signature counter of a signing key.
 #[derive(Debug, Clone)]
@@ -177,10 +184,13 @@ pub struct Metrics {
     messages_out: Family<4>,
     /// Outbound messages that got at least one signature.
     pub signed_messages: AtomicU64,
+    /// Outbound messages not signed because the SASL login may not send
+    /// as their From address (`[signing.logins]`).
+    pub signing_refused: AtomicU64,
     /// Non-accept actions by action and reason.
-    actions_reject: Family<5>,
-    actions_quarantine: Family<5>,
-    actions_tempfail: Family<5>,
+    actions_reject: Family<6>,
+    actions_quarantine: Family<6>,
+    actions_tempfail: Family<6>,
     dkim: Family<7>,
     spf_helo: Family<8>,
     spf_mailfrom: Family<8>,
@@ -212,6 +222,7 @@ impl Metrics {
             messages_in: Family::new(OUTCOMES),
             messages_out: Family::new(OUTCOMES),
             signed_messages: AtomicU64::new(0),
+            signing_refused: AtomicU64::new(0),
             actions_reject: Family::new(REASONS),
             actions_quarantine: Family::new(REASONS),
             actions_tempfail: Family::new(REASONS),
@@ -382,6 +393,17 @@ impl Metrics {
             out,
             "rmilter_signed_messages_total {}",
             self.signed_messages.load(Ordering::Relaxed)
+        );
+        help(
+            &mut out,
+            "rmilter_signing_refused_total",
+            "counter",
+            "Outbound messages not signed because the SASL login may not send as the From address.",
+        );
+        let _ = writeln!(
+            out,
+            "rmilter_signing_refused_total{{reason=\"login\"}} {}",
+            self.signing_refused.load(Ordering::Relaxed)
         );
         help(
             &mut out,

@@ -15,6 +15,11 @@ pub struct Runtime {
     pub verifier: Verifier,
     /// One signature counter per key (see [`crate::metrics`]).
     pub key_counters: crate::metrics::KeyCounters,
+    /// Which SASL logins may have which senders signed.
+    pub logins: crate::sign::logins::LoginTable,
+    /// What is probably a mistake but not an error (keys no signing rule
+    /// names): printed by check-config, logged at start and reload.
+    pub warnings: Vec<String>,
 }
 
 impl Runtime {
@@ -74,12 +79,24 @@ impl Runtime {
             key: "dns".to_string(),
             message: format!("{e:#}"),
         })?;
-        let keys = KeyTable::new(keys);
+        let keys = KeyTable::with_rules(keys, &config.signing);
+        let logins =
+            crate::sign::logins::LoginTable::load(&config.signing.logins).map_err(|message| {
+                ConfigError::Invalid {
+                    file: config.source.to_string(),
+                    key: "signing.logins.sender_login_maps".to_string(),
+                    message,
+                }
+            })?;
+        let mut warnings = keys.warnings();
+        warnings.extend(logins.warnings().iter().cloned());
         Ok(Runtime {
             key_counters: crate::metrics::KeyCounters::fresh(&keys),
             config,
             keys,
             verifier,
+            logins,
+            warnings,
         })
     }
 }

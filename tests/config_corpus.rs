@@ -98,6 +98,10 @@ fn shipped_configuration_documents_the_embedded_defaults() {
         "oversign_headers",
         "expire",
         "subdomains",
+        "rule_match",
+        "own_domain",
+        "sender_login_maps",
+        "action",
         "nameservers",
         "timeout",
         "attempts",
@@ -131,7 +135,17 @@ fn shipped_configuration_documents_the_embedded_defaults() {
             "config/rmilter.toml does not document {key}"
         );
     }
-    for key in ["domain", "selector", "file", "algorithm", "dir"] {
+    for key in [
+        "domain",
+        "selector",
+        "file",
+        "algorithm",
+        "dir",
+        "name",
+        "domains",
+        "sender",
+        "keys",
+    ] {
         assert!(
             text.lines().any(|l| l.starts_with(&format!("# {key} = "))),
             "{key}"

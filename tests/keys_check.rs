@@ -43,6 +43,7 @@ async fn each_verdict_from_a_zone_with_that_problem() {
             path: k.path.clone(),
             algorithm: None,
             origin: "test".into(),
+            ..Default::default()
         })
         .unwrap()
     };

@@ -126,6 +126,7 @@ impl Site {
                 path: self.keydir().join(name),
                 algorithm: None,
                 origin: "test".into(),
+                ..Default::default()
             };
             LoadedKey::load(&spec).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
@@ -140,6 +141,7 @@ impl Site {
                 path: self.keydir().join(&key.file),
                 algorithm: Some(key.algorithm),
                 origin: "test".into(),
+                ..Default::default()
             };
             let loaded = LoadedKey::load(&spec).unwrap();
             zone = zone.txt(

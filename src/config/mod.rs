@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub use validate::{
     DEFAULT_HEADERS, DEFAULT_OVERSIGN_HEADERS, check_selector, normalize_domain, parse_algorithm,
-    parse_listen, render_selector,
+    parse_listen, parse_sender_pattern, render_selector,
 };
 
 /// Where a configuration came from.
@@ -246,6 +246,122 @@ pub struct Signing {
     pub expire: Option<Duration>,
     /// Sign mail from a subdomain with its parent domain's keys.
     pub subdomains: bool,
+    /// How `rules` choose keys: the first matching rule, or every one.
+    pub rule_match: RuleMatch,
+    /// `[[signing.rule]]` in file order. When not empty, the rules alone
+    /// choose the keys (keys by From domain are off).
+    pub rules: Vec<SigningRule>,
+    /// Which SASL logins may have which senders signed.
+    pub logins: LoginPolicy,
+}
+
+/// `signing.rule_match`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleMatch {
+    /// The first rule (in file order) whose sender pattern matches signs
+    /// (OpenDKIM's default).
+    First,
+    /// Every matching rule signs (OpenDKIM's `MultipleSignatures yes`).
+    All,
+}
+
+impl RuleMatch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleMatch::First => "first",
+            RuleMatch::All => "all",
+        }
+    }
+}
+
+/// One `[[signing.rule]]` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningRule {
+    pub sender: SenderPattern,
+    /// Key references: a `[[key]]` name, else a signing domain (every key
+    /// of that domain). Checked against the key table when loading.
+    pub keys: Vec<String>,
+    /// `signing.rule[N]`, for messages.
+    pub origin: String,
+}
+
+/// A sender address pattern: `local@domain` where the local part is exact
+/// or `*`, and the domain is exact, `*.suffix` (any subdomain, not the
+/// suffix itself) or `*`; `*` alone matches every sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderPattern {
+    /// As written in the file.
+    pub text: String,
+    /// The local part, lower case; `None`: any.
+    pub local: Option<String>,
+    pub domain: DomainPattern,
+}
+
+/// The domain half of a [`SenderPattern`] (lower-case A-labels).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainPattern {
+    Any,
+    Exact(String),
+    /// Any subdomain of this domain, not the domain itself.
+    Subdomains(String),
+}
+
+impl DomainPattern {
+    pub fn matches(&self, domain: &str) -> bool {
+        match self {
+            DomainPattern::Any => true,
+            DomainPattern::Exact(d) => domain == d,
+            DomainPattern::Subdomains(d) => domain
+                .strip_suffix(d.as_str())
+                .is_some_and(|p| p.len() > 1 && p.ends_with('.')),
+        }
+    }
+}
+
+impl SenderPattern {
+    /// Whether the From gate's `address` (local part as written, domain a
+    /// lower-case A-label) matches; local parts compare case-insensitively.
+    pub fn matches(&self, address: &str) -> bool {
+        let Some((local, domain)) = address.rsplit_once('@') else {
+            return false;
+        };
+        let domain = domain.to_ascii_lowercase();
+        self.domain.matches(&domain)
+            && self
+                .local
+                .as_ref()
+                .is_none_or(|l| *l == local.to_lowercase())
+    }
+}
+
+/// `[signing.logins]`: sign mail of a SASL-authenticated client only when
+/// its login may send as the From address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginPolicy {
+    pub enabled: bool,
+    /// A login `user@example.com` may send as any address at example.com.
+    pub own_domain: bool,
+    /// Postfix `smtpd_sender_login_maps` source file (plain text), read
+    /// with the keys at start and reload.
+    pub sender_login_maps: Option<PathBuf>,
+    /// What happens to a message the login may not send: `Accept` passes
+    /// it unsigned (logged).
+    pub action: Action,
+    /// (login lower case, senders it may send as: lower-case domains,
+    /// addresses, or `*`).
+    pub allow: Vec<(String, Vec<String>)>,
+}
+
+impl Default for LoginPolicy {
+    fn default() -> Self {
+        LoginPolicy {
+            enabled: false,
+            own_domain: true,
+            sender_login_maps: None,
+            action: Action::Accept,
+            allow: Vec::new(),
+        }
+    }
 }
 
 /// Key algorithms rmilter signs with.
@@ -273,11 +389,22 @@ impl KeyAlgorithm {
     }
 }
 
+/// The `[[key]]` domain of a key that signs with the sender's domain
+/// (OpenDKIM's KeyTable `%`).
+pub const SENDER_DOMAIN: &str = "%";
+
 /// One row of the signing key table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeySpec {
-    /// Signing domain, lower-case A-label.
+    /// The `[[key]]` name rules refer to; `None`: unnamed (rules reach it
+    /// through its domain).
+    pub name: Option<String>,
+    /// Signing domain, lower-case A-label, or [`SENDER_DOMAIN`] (`%`): the
+    /// From domain of each message it signs.
     pub domain: String,
+    /// For a `%` key: the domains it is known to sign for (`domains`), for
+    /// `rmilter keys dns/check/status` and doctor.
+    pub domains: Vec<String>,
     pub selector: String,
     pub path: PathBuf,
     /// When given, the key file must hold a key of this algorithm.
@@ -291,6 +418,9 @@ pub struct KeySpec {
 /// retiring or retired, and `rmilter keys` maintains it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagedDomain {
+    /// The `[[key]]` name rules refer to (all active keys of the
+    /// directory); `None`: reached through its domain.
+    pub name: Option<String>,
     /// Signing domain, lower-case A-label.
     pub domain: String,
     /// The domain's key directory (key files and `state.toml`).

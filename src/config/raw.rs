@@ -95,12 +95,39 @@ pub struct RawSigning {
     pub oversign_headers: Option<Vec<String>>,
     pub expire: Option<String>,
     pub subdomains: Option<bool>,
+    pub rule_match: Option<String>,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RawSigningRule>,
+    #[serde(default)]
+    pub logins: RawLogins,
+}
+
+/// `[[signing.rule]]`: a sender pattern and the keys that sign its mail.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigningRule {
+    pub sender: Option<String>,
+    pub keys: Option<Vec<String>>,
+}
+
+/// `[signing.logins]`: which SASL logins may have which senders signed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogins {
+    pub enabled: Option<bool>,
+    pub own_domain: Option<bool>,
+    pub sender_login_maps: Option<String>,
+    pub action: Option<String>,
+    /// login → senders it may send as (domains, addresses, `*`).
+    pub allow: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawKey {
+    pub name: Option<String>,
     pub domain: Option<String>,
+    pub domains: Option<Vec<String>>,
     pub selector: Option<String>,
     pub file: Option<String>,
     pub algorithm: Option<String>,

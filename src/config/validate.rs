@@ -18,7 +18,9 @@ use std::time::Duration;
 
 mod lifecycle;
 mod ops;
+mod rules;
 pub use lifecycle::render_selector;
+pub use rules::parse_sender_pattern;
 
 /// Header fields signed when present (RFC 6376 §5.4.1, plus list and MIME fields).
 pub const DEFAULT_HEADERS: &[&str] = &[
@@ -317,13 +319,33 @@ pub(super) fn validate(
             Some(d)
         }
     };
+    let subdomains = raw.signing.subdomains.unwrap_or(false);
+    let rule_match = rules::rule_match(&ctx, raw.signing.rule_match.as_deref())?;
+    let logins = rules::logins(&ctx, &raw.signing.logins)?;
+    let key_names = rules::key_names(&ctx, &raw.keys)?;
+    // `--key` replaces the key table, and with it the rules that name its keys.
+    let signing_rules = if overrides.keys.is_empty() {
+        rules::rules(&ctx, &raw.signing.rules, &key_names, &raw.keys)?
+    } else {
+        Vec::new()
+    };
+    if subdomains && !signing_rules.is_empty() {
+        return Err(ctx.err(
+            "signing.subdomains",
+            "has no effect with [[signing.rule]] rows (the rules alone choose the keys); \
+             remove it and add a rule with sender = \"*@*.example.com\"",
+        ));
+    }
     let signing = Signing {
         header_canon,
         body_canon,
         headers,
         oversign,
         expire,
-        subdomains: raw.signing.subdomains.unwrap_or(false),
+        subdomains,
+        rule_match,
+        rules: signing_rules,
+        logins,
     };
 
     let keys = if overrides.keys.is_empty() {
@@ -805,7 +827,12 @@ fn key_spec(ctx: &Ctx, index: usize, raw: &RawKey) -> Result<KeySpec, ConfigErro
     let domain = field("domain", &raw.domain)?;
     let selector = field("selector", &raw.selector)?;
     let file = field("file", &raw.file)?;
-    let domain = normalize_domain(&domain).map_err(|m| ctx.err(format!("{origin}.domain"), m))?;
+    let domain = if domain == super::SENDER_DOMAIN {
+        domain
+    } else {
+        normalize_domain(&domain).map_err(|m| ctx.err(format!("{origin}.domain"), m))?
+    };
+    let domains = rules::key_domains(ctx, &origin, raw)?;
     check_selector(&selector).map_err(|m| ctx.err(format!("{origin}.selector"), m))?;
     let algorithm = match raw.algorithm.as_deref() {
         None => None,
@@ -819,7 +846,9 @@ fn key_spec(ctx: &Ctx, index: usize, raw: &RawKey) -> Result<KeySpec, ConfigErro
         _ => path,
     };
     Ok(KeySpec {
+        name: raw.name.clone(),
         domain,
+        domains,
         selector,
         path,
         algorithm,
@@ -840,7 +869,9 @@ fn cli_key_spec(arg: &str) -> Result<KeySpec, ConfigError> {
     let domain = normalize_domain(domain).map_err(err)?;
     check_selector(selector).map_err(err)?;
     Ok(KeySpec {
+        name: None,
         domain,
+        domains: Vec::new(),
         selector: selector.to_string(),
         path: PathBuf::from(file),
         algorithm: None,

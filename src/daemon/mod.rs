@@ -109,6 +109,9 @@ pub async fn run(config_ref: ConfigRef, runtime: Runtime) -> anyhow::Result<()> 
     if let Some(every) = config.metrics.health_log_interval {
         tokio::spawn(log_health(state.clone(), every));
     }
+    for warning in &state.runtime().warnings {
+        warn!(warning = %warning, "configuration warning");
+    }
     let ready = ready_line(&state, &bound.local, metrics_addr);
     info!(
         listen = %bound.local,
@@ -240,6 +243,9 @@ pub fn reload(config_ref: &ConfigRef, state: &MilterState) {
             let old = state.runtime();
             for key in restart_only_changes(&old.config, &new.config) {
                 warn!(key, "changed setting takes effect only after a restart");
+            }
+            for warning in &new.warnings {
+                warn!(warning = %warning, "configuration warning");
             }
             let keys = new.keys.len();
             let source = new.config.source.to_string();

@@ -114,6 +114,7 @@ pub fn generate(
         path: path.clone(),
         algorithm: Some(algorithm),
         origin: "generated key".to_string(),
+        ..Default::default()
     })?;
     Ok(GeneratedKey { path, key })
 }

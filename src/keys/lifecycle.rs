@@ -87,7 +87,9 @@ pub fn key_spec(m: &ManagedDomain, key: &ManagedKey) -> Result<KeySpec, String> 
     let path = m.dir.join(&key.file);
     files::check_inside(&m.dir, &path)?;
     Ok(KeySpec {
+        name: m.name.clone(),
         domain: m.domain.clone(),
+        domains: Vec::new(),
         selector: key.selector.clone(),
         path,
         algorithm: Some(key.algorithm),

@@ -72,7 +72,12 @@ impl SigningKey for SharedKey {
 
 /// A signing key, loaded and checked.
 pub struct LoadedKey {
+    /// The `[[key]]` name, when it has one.
+    pub name: Option<String>,
+    /// The signing domain, or `%` (the From domain of each message).
     pub domain: String,
+    /// For a `%` key: the domains it is said to sign for (`domains`).
+    pub domains: Vec<String>,
     pub selector: String,
     pub algorithm: KeyAlgorithm,
     /// RSA modulus size; 256 for Ed25519.
@@ -121,7 +126,9 @@ impl LoadedKey {
             });
         }
         Ok(LoadedKey {
+            name: spec.name.clone(),
             domain: spec.domain.clone(),
+            domains: spec.domains.clone(),
             selector: spec.selector.clone(),
             algorithm: parsed.algorithm,
             bits: parsed.bits,

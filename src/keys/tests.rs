@@ -11,6 +11,7 @@ fn spec(path: &Path, algorithm: Option<KeyAlgorithm>) -> KeySpec {
         path: path.to_path_buf(),
         algorithm,
         origin: "key[0]".into(),
+        ..Default::default()
     }
 }
 

@@ -17,7 +17,7 @@ pub mod wire;
 pub use callbacks::callbacks;
 pub use direction::{ClientFacts, Direction};
 pub use inbound::results_field;
-pub use session::{EomPlan, NoReply, Reply, Session, refusal_reply};
+pub use session::{EomPlan, NoReply, Reply, Session, login_reply, refusal_reply};
 
 use crate::metrics::Metrics;
 use crate::report::{Discard, EvaluationSink};

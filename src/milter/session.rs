@@ -11,6 +11,7 @@ use super::{InFlight, MilterState};
 use crate::config::Action;
 use crate::identity::{self, Author, Refusal};
 use crate::runtime::Runtime;
+use crate::sign::logins::LoginVerdict;
 use crate::sign::{self, MessageSigner};
 use crate::verify::authres;
 use indymilter::Macros;
@@ -359,16 +360,22 @@ impl Session {
                 };
             }
         };
-        let keys = msg
-            .runtime
-            .keys
-            .select(&author.domain, config.signing.subdomains);
-        if keys.is_empty() {
+        let choice =
+            msg.runtime
+                .keys
+                .choose(&author.address, &author.domain, config.signing.subdomains);
+        if choice.keys.is_empty() {
             info!(
                 queue_id = %msg.queue_id,
                 direction = direction.as_str(),
                 from_domain = %author.domain,
-                "no signing key for the author domain; not signed"
+                rules = %choice.matched.join(", "),
+                "{}",
+                if choice.by_rules {
+                    "no signing rule gives a key for the sender; not signed"
+                } else {
+                    "no signing key for the author domain; not signed"
+                }
             );
             return if msg.forged_results.is_empty() {
                 Reply::Accept
@@ -376,6 +383,43 @@ impl Session {
                 Reply::Continue
             };
         }
+        // [signing.logins]: a SASL login has mail signed only for senders it
+        // may use; mail no key would sign is not its concern.
+        let login = msg
+            .auth_user
+            .clone()
+            .or_else(|| macro_value(macros, "{auth_authen}").filter(|v| !v.is_empty()));
+        if let Some(login) = login.as_deref()
+            && msg.runtime.logins.enabled()
+            && let LoginVerdict::Refused(why) = msg.runtime.logins.check(login, &author.address)
+        {
+            let action = config.signing.logins.action;
+            metrics
+                .signing_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics.action(action, "login");
+            warn!(
+                queue_id = %msg.queue_id,
+                client = %client,
+                login,
+                from = %author.address,
+                reason = %why,
+                action = action.as_str(),
+                "login may not send as the From address; not signed"
+            );
+            return match action {
+                Action::Quarantine => {
+                    msg.hold = Some(format!("rmilter: {why}"));
+                    Reply::Continue
+                }
+                Action::Accept if !msg.forged_results.is_empty() => Reply::Continue,
+                action => act(
+                    action,
+                    Failure::LoginRefused(login.to_string(), author.address),
+                ),
+            };
+        }
+        let keys = &choice.keys;
         let names = sign::header_list(&config.signing, msg.headers.iter().map(|h| &h.name[..]));
         let block = header_block(&msg.headers, leading_space);
         msg.signer = Some(MessageSigner::start(keys, &names, &config.signing, &block));
@@ -470,7 +514,9 @@ impl Session {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 for sig in &signatures {
-                    msg.runtime.key_counters.signed(&sig.domain, &sig.selector);
+                    msg.runtime
+                        .key_counters
+                        .signed(&sig.key_domain, &sig.selector);
                     let value = if self.leading_space {
                         sig.value.clone()
                     } else {
@@ -549,6 +595,8 @@ impl Session {
 
 pub(super) enum Failure {
     BadFrom(Refusal),
+    /// (login, From address): `[signing.logins]` refused signing.
+    LoginRefused(String, String),
     HeadersTooBig,
     Internal,
 }
@@ -568,6 +616,15 @@ pub(super) fn internal_error(
 /// `actions.bad_from` is `action` (what `rmilter explain` reports).
 pub fn refusal_reply(action: Action, refusal: Refusal) -> Reply {
     act(action, Failure::BadFrom(refusal))
+}
+
+/// The answer at end of headers when `[signing.logins]` refuses `login`
+/// for `from` and its action is `action` (what `rmilter explain` reports).
+pub fn login_reply(action: Action, login: &str, from: &str) -> Reply {
+    act(
+        action,
+        Failure::LoginRefused(login.to_string(), from.to_string()),
+    )
 }
 
 /// A message's outcome for the metrics: the answer Postfix gets.
@@ -597,6 +654,16 @@ pub(super) fn act(action: Action, failure: Failure) -> Reply {
             xcode: "4.7.1",
             text: bad_from_text(&refusal),
         },
+        (Action::Reject, Failure::LoginRefused(login, from)) => Reply::Reject {
+            code: "550",
+            xcode: "5.7.1",
+            text: login_text(&login, &from),
+        },
+        (Action::Tempfail, Failure::LoginRefused(login, from)) => Reply::Tempfail {
+            code: "451",
+            xcode: "4.7.1",
+            text: login_text(&login, &from),
+        },
         (Action::Reject, Failure::HeadersTooBig) => Reply::Reject {
             code: "552",
             xcode: "5.3.4",
@@ -618,6 +685,21 @@ pub(super) fn act(action: Action, failure: Failure) -> Reply {
             text: "temporary local problem, try again later".to_string(),
         },
     }
+}
+
+/// The reply when `[signing.logins]` refuses: the login and the address,
+/// shortened and without line breaks.
+fn login_text(login: &str, from: &str) -> String {
+    let mut text = format!("login {login} may not send as {from}");
+    text.retain(|c| !c.is_control());
+    if text.len() > 400 {
+        let mut cut = 400;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
 }
 
 fn bad_from_text(refusal: &Refusal) -> String {

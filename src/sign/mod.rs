@@ -5,7 +5,7 @@
 //! author domain, the header fields and body chunks, and gets back the
 //! `DKIM-Signature` values to insert.
 
-use crate::config::Signing;
+use crate::config::{DomainPattern, RuleMatch, SENDER_DOMAIN, SenderPattern, Signing};
 use crate::keys::{LoadedKey, SharedKey};
 use mail_auth::dkim::{Canonicalization, DkimSigner, DkimSigningStream};
 use mail_auth::headers::HeaderWriter;
@@ -14,41 +14,268 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The loaded signing keys, by signing domain.
+pub mod logins;
+
+/// The loaded signing keys, by signing domain, and the signing rules that
+/// choose among them (`[[signing.rule]]`).
 #[derive(Debug, Default)]
 pub struct KeyTable {
     by_domain: HashMap<String, Vec<Arc<LoadedKey>>>,
+    /// Every key, `%` keys included, in load order.
+    all: Vec<Arc<LoadedKey>>,
+    rules: Vec<Rule>,
+    rule_match: Option<RuleMatch>,
+}
+
+/// A signing rule with its key references resolved.
+#[derive(Debug)]
+struct Rule {
+    sender: SenderPattern,
+    keys: Vec<Arc<LoadedKey>>,
+    origin: String,
+}
+
+/// One key chosen for a message, with the `d=` it signs with: the key's
+/// domain, or the From domain for a `%` key.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    pub key: Arc<LoadedKey>,
+    pub domain: String,
+}
+
+impl Selected {
+    /// Each key signing with its own domain (keys chosen by From domain).
+    pub fn own(keys: &[Arc<LoadedKey>]) -> Vec<Selected> {
+        keys.iter()
+            .map(|k| Selected {
+                key: k.clone(),
+                domain: k.domain.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The keys chosen for a message and why.
+#[derive(Debug, Clone, Default)]
+pub struct Choice {
+    pub keys: Vec<Selected>,
+    /// The rules that matched (`signing.rule[N] "pattern"`), in order;
+    /// empty when there are no rules (keys by From domain).
+    pub matched: Vec<String>,
+    /// Whether `[[signing.rule]]` rows chose (rather than the From domain).
+    pub by_rules: bool,
 }
 
 impl KeyTable {
+    /// A key table without rules: keys are chosen by the From domain.
     pub fn new(keys: Vec<Arc<LoadedKey>>) -> Self {
         let mut by_domain: HashMap<String, Vec<Arc<LoadedKey>>> = HashMap::new();
-        for key in keys {
-            by_domain.entry(key.domain.clone()).or_default().push(key);
+        for key in &keys {
+            if key.domain != SENDER_DOMAIN {
+                by_domain
+                    .entry(key.domain.clone())
+                    .or_default()
+                    .push(key.clone());
+            }
         }
-        KeyTable { by_domain }
+        KeyTable {
+            by_domain,
+            all: keys,
+            rules: Vec::new(),
+            rule_match: None,
+        }
+    }
+
+    /// A key table whose keys `signing.rules` choose (none: by From
+    /// domain). A rule's reference reaches the keys of that name, else
+    /// every key of that signing domain (static and active managed keys).
+    pub fn with_rules(keys: Vec<Arc<LoadedKey>>, signing: &Signing) -> Self {
+        let mut table = KeyTable::new(keys);
+        if signing.rules.is_empty() {
+            return table;
+        }
+        table.rule_match = Some(signing.rule_match);
+        table.rules = signing
+            .rules
+            .iter()
+            .map(|rule| {
+                let mut keys: Vec<Arc<LoadedKey>> = Vec::new();
+                for r in &rule.keys {
+                    let named: Vec<&Arc<LoadedKey>> = table
+                        .all
+                        .iter()
+                        .filter(|k| k.name.as_deref() == Some(r.as_str()))
+                        .collect();
+                    let reached = if named.is_empty() {
+                        table.all.iter().filter(|k| k.domain == *r).collect()
+                    } else {
+                        named
+                    };
+                    for k in reached {
+                        if !keys.iter().any(|have| Arc::ptr_eq(have, k)) {
+                            keys.push(k.clone());
+                        }
+                    }
+                }
+                Rule {
+                    sender: rule.sender.clone(),
+                    keys,
+                    origin: rule.origin.clone(),
+                }
+            })
+            .collect();
+        table
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_domain.is_empty()
+        self.all.is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.by_domain.values().map(Vec::len).sum()
+        self.all.len()
     }
 
     /// Every key, ordered by domain and selector.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<LoadedKey>> {
-        let mut all: Vec<&Arc<LoadedKey>> = self.by_domain.values().flatten().collect();
+        let mut all: Vec<&Arc<LoadedKey>> = self.all.iter().collect();
         all.sort_by(|a, b| (&a.domain, &a.selector).cmp(&(&b.domain, &b.selector)));
         all.into_iter()
     }
 
+    /// Whether `[[signing.rule]]` rows choose the keys.
+    pub fn has_rules(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    /// What a reload or check-config should say about the rules: keys no
+    /// rule reaches (they never sign) and rules that reach no key.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.rules.is_empty() {
+            for key in self.all.iter().filter(|k| k.domain == SENDER_DOMAIN) {
+                out.push(format!(
+                    "key {} (domain \"%\", selector {}) never signs: no [[signing.rule]] names it",
+                    key.name.as_deref().unwrap_or("?"),
+                    key.selector
+                ));
+            }
+            return out;
+        }
+        for key in &self.all {
+            if !self
+                .rules
+                .iter()
+                .any(|r| r.keys.iter().any(|k| Arc::ptr_eq(k, key)))
+            {
+                out.push(format!(
+                    "key {}{} (s={}) never signs: no [[signing.rule]] names it",
+                    key.domain,
+                    key.name
+                        .as_deref()
+                        .map(|n| format!(" named {n}"))
+                        .unwrap_or_default(),
+                    key.selector
+                ));
+            }
+        }
+        for rule in &self.rules {
+            if rule.keys.is_empty() {
+                out.push(format!(
+                    "{} (sender {:?}) reaches no key: matching mail is not signed",
+                    rule.origin, rule.sender.text
+                ));
+            }
+        }
+        out
+    }
+
+    /// The domains a key signs for, as far as the configuration says: its
+    /// own domain, or for a `%` key its `domains` plus the exact domains of
+    /// the rules that reach it. The second list holds the patterns of
+    /// rules reaching it whose domains cannot be listed (`*@*.example.com`,
+    /// `*`).
+    pub fn domains_of(&self, key: &LoadedKey) -> (Vec<String>, Vec<String>) {
+        if key.domain != SENDER_DOMAIN {
+            return (vec![key.domain.clone()], Vec::new());
+        }
+        let mut domains = key.domains.clone();
+        let mut open = Vec::new();
+        for rule in &self.rules {
+            if !rule.keys.iter().any(|k| std::ptr::eq(k.as_ref(), key)) {
+                continue;
+            }
+            match &rule.sender.domain {
+                DomainPattern::Exact(d) => {
+                    if !domains.contains(d) {
+                        domains.push(d.clone());
+                    }
+                }
+                _ => open.push(format!("{} {:?}", rule.origin, rule.sender.text)),
+            }
+        }
+        (domains, open)
+    }
+
+    /// The keys that sign mail whose From gate found `address` (domain
+    /// `author_domain`, a lower-case A-label).
+    ///
+    /// With `[[signing.rule]]` rows, the rules choose: the first matching
+    /// rule's keys, or with `rule_match = "all"` those of every matching
+    /// rule; a `%` key signs with `d=` the author domain, any other key
+    /// with its own domain (a third-party signature when it differs). Two
+    /// keys giving the same `d=` and `s=` sign once (the first).
+    ///
+    /// Without rules: the author domain's own keys or, with `subdomains`,
+    /// those of its nearest parent domain that has keys.
+    pub fn choose(&self, address: &str, author_domain: &str, subdomains: bool) -> Choice {
+        let Some(mode) = self.rule_match else {
+            return Choice {
+                keys: Selected::own(self.select(author_domain, subdomains)),
+                matched: Vec::new(),
+                by_rules: false,
+            };
+        };
+        let mut choice = Choice {
+            by_rules: true,
+            ..Choice::default()
+        };
+        for rule in &self.rules {
+            if !rule.sender.matches(address) {
+                continue;
+            }
+            choice
+                .matched
+                .push(format!("{} {:?}", rule.origin, rule.sender.text));
+            for key in &rule.keys {
+                // OpenDKIM's KeyTable `%`: the domain of the sender.
+                let domain = if key.domain == SENDER_DOMAIN {
+                    author_domain.to_string()
+                } else {
+                    key.domain.clone()
+                };
+                if !choice
+                    .keys
+                    .iter()
+                    .any(|s| s.domain == domain && s.key.selector == key.selector)
+                {
+                    choice.keys.push(Selected {
+                        key: key.clone(),
+                        domain,
+                    });
+                }
+            }
+            if mode == RuleMatch::First {
+                break;
+            }
+        }
+        choice
+    }
+
     /// The keys that sign mail whose author domain is `author_domain`
-    /// (lower-case A-label): the domain's own keys or, with `subdomains`,
-    /// the keys of its nearest parent domain that has keys. All keys
-    /// returned share one signing domain (`d=`), so the signatures align
-    /// with the From domain (RFC 9989 §3.2.6).
+    /// (lower-case A-label) when there are no rules: the domain's own keys
+    /// or, with `subdomains`, the keys of its nearest parent domain that
+    /// has keys. All keys returned share one signing domain (`d=`), so the
+    /// signatures align with the From domain (RFC 9989 §3.2.6).
     pub fn select(&self, author_domain: &str, subdomains: bool) -> &[Arc<LoadedKey>] {
         if let Some(keys) = self.by_domain.get(author_domain) {
             return keys;
@@ -126,7 +353,11 @@ self_cell::self_cell!(
 /// One signature made for a message.
 #[derive(Debug, Clone)]
 pub struct MadeSignature {
+    /// The `d=` of the signature.
     pub domain: String,
+    /// The key's configured domain (`%` for a key signing with the
+    /// sender's domain), for the per-key counters.
+    pub key_domain: String,
     pub selector: String,
     pub algorithm: &'static str,
     /// The header value as the milter inserts it: leading space, folded
@@ -136,7 +367,7 @@ pub struct MadeSignature {
 
 /// Signs one message with one or more keys as it streams through.
 pub struct MessageSigner {
-    streams: Vec<(Arc<LoadedKey>, KeyStream)>,
+    streams: Vec<(Selected, KeyStream)>,
 }
 
 impl MessageSigner {
@@ -145,7 +376,7 @@ impl MessageSigner {
     /// message's header section in wire form: each field `Name:value\r\n`,
     /// without the empty line that ends it.
     pub fn start(
-        keys: &[Arc<LoadedKey>],
+        keys: &[Selected],
         headers: &[String],
         signing: &Signing,
         header_block: &[u8],
@@ -158,9 +389,10 @@ impl MessageSigner {
         };
         let streams = keys
             .iter()
-            .map(|key| {
+            .map(|chosen| {
+                let key = &chosen.key;
                 let mut signer = DkimSigner::from_key(key.key.clone())
-                    .domain(key.domain.clone())
+                    .domain(chosen.domain.clone())
                     .selector(key.selector.clone())
                     .headers(headers.iter().cloned())
                     .header_canonicalization(canon(signing.header_canon))
@@ -175,7 +407,7 @@ impl MessageSigner {
                         s.write(b"\r\n");
                     }
                 });
-                (key.clone(), stream)
+                (chosen.clone(), stream)
             })
             .collect();
         MessageSigner { streams }
@@ -196,18 +428,20 @@ impl MessageSigner {
     pub fn finish(self) -> Result<Vec<MadeSignature>, SignError> {
         self.streams
             .into_iter()
-            .map(|(key, stream)| {
+            .map(|(chosen, stream)| {
+                let key = &chosen.key;
                 let mut stream = stream;
                 let signature = stream
                     .with_dependent_mut(|_, s| s.take().map(|s| s.finish()))
                     .unwrap_or(Err(mail_auth::Error::NoHeadersFound))
                     .map_err(|e| SignError {
-                        domain: key.domain.clone(),
+                        domain: chosen.domain.clone(),
                         selector: key.selector.clone(),
                         reason: e.to_string(),
                     })?;
                 Ok(MadeSignature {
-                    domain: key.domain.clone(),
+                    domain: chosen.domain.clone(),
+                    key_domain: key.domain.clone(),
                     selector: key.selector.clone(),
                     algorithm: key.algorithm.dkim_name(),
                     value: milter_value(&signature.to_header()),

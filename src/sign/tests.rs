@@ -14,6 +14,9 @@ fn signing() -> Signing {
             .collect(),
         expire: None,
         subdomains: false,
+        rule_match: crate::config::RuleMatch::First,
+        rules: Vec::new(),
+        logins: Default::default(),
     }
 }
 
@@ -29,6 +32,7 @@ fn table(dir: &std::path::Path, rows: &[(&str, &str)]) -> KeyTable {
                     path: g.path,
                     algorithm: None,
                     origin: "test".into(),
+                    ..Default::default()
                 })
                 .unwrap(),
             )
@@ -178,11 +182,11 @@ fn tags(value: &str) -> Vec<(String, String)> {
 fn obsolete_from_with_space_before_colon_is_signed() {
     let dir = tempfile::tempdir().unwrap();
     let t = table(dir.path(), &[("example.com", "a")]);
-    let keys = t.select("example.com", false);
+    let keys = t.choose("admin@example.com", "example.com", false).keys;
     let sign = |name: &[u8]| {
         let block = [name, b": <admin@example.com>\r\n"].concat();
         let list = header_list(&signing(), [name].into_iter());
-        let mut signer = MessageSigner::start(keys, &list, &signing(), &block);
+        let mut signer = MessageSigner::start(&keys, &list, &signing(), &block);
         signer.body(b"Please pay.\r\n");
         signer.finish().expect("signs").remove(0).value
     };
@@ -203,4 +207,170 @@ fn obsolete_from_with_space_before_colon_is_signed() {
         }
     }
     panic!("three signatures across a second boundary");
+}
+
+/// A key table from (name, domain, selector) rows and `[[signing.rule]]`
+/// rows (sender, key references).
+fn ruled(
+    dir: &std::path::Path,
+    keys: &[(Option<&str>, &str, &str)],
+    rules: &[(&str, &[&str])],
+    mode: crate::config::RuleMatch,
+) -> KeyTable {
+    let loaded = keys
+        .iter()
+        .map(|(name, domain, selector)| {
+            let gen_domain = if *domain == "%" {
+                "any.example"
+            } else {
+                domain
+            };
+            let g =
+                crate::keys::generate(dir, gen_domain, selector, KeyAlgorithm::Ed25519, 0).unwrap();
+            Arc::new(
+                LoadedKey::load(&KeySpec {
+                    name: name.map(str::to_string),
+                    domain: domain.to_string(),
+                    selector: selector.to_string(),
+                    path: g.path,
+                    origin: "test".into(),
+                    ..Default::default()
+                })
+                .unwrap(),
+            )
+        })
+        .collect();
+    let mut s = signing();
+    s.rule_match = mode;
+    s.rules = rules
+        .iter()
+        .enumerate()
+        .map(|(i, (sender, refs))| crate::config::SigningRule {
+            sender: crate::config::parse_sender_pattern(sender).unwrap(),
+            keys: refs.iter().map(|r| r.to_string()).collect(),
+            origin: format!("signing.rule[{i}]"),
+        })
+        .collect();
+    KeyTable::with_rules(loaded, &s)
+}
+
+fn ds(choice: &Choice) -> Vec<String> {
+    choice
+        .keys
+        .iter()
+        .map(|k| format!("{}/{}", k.domain, k.key.selector))
+        .collect()
+}
+
+#[test]
+fn rules_choose_keys_first_match() {
+    use crate::config::RuleMatch;
+    let dir = tempfile::tempdir().unwrap();
+    let t = ruled(
+        dir.path(),
+        &[
+            (None, "example.com", "a"),
+            (None, "example.com", "b"),
+            (Some("shared"), "%", "mail"),
+            (Some("relay"), "relay.example", "esp"),
+        ],
+        &[
+            ("noreply@example.com", &[]),
+            ("*@example.com", &["example.com", "relay"]),
+            ("*@*.example.com", &["shared"]),
+            ("*", &["shared", "relay"]),
+        ],
+        RuleMatch::First,
+    );
+    assert!(t.has_rules());
+    let c = t.choose("Alice@example.com", "example.com", false);
+    assert_eq!(
+        ds(&c),
+        ["example.com/a", "example.com/b", "relay.example/esp"]
+    );
+    assert_eq!(c.matched, [r#"signing.rule[1] "*@example.com""#]);
+    // An exception before the broad rule: matched, signs nothing.
+    let c = t.choose("noreply@example.com", "example.com", false);
+    assert!(c.keys.is_empty());
+    assert_eq!(c.matched.len(), 1);
+    // `%` takes the sender's domain, subdomains included.
+    let c = t.choose("x@news.example.com", "news.example.com", false);
+    assert_eq!(ds(&c), ["news.example.com/mail"]);
+    let c = t.choose("x@customer.example", "customer.example", false);
+    assert_eq!(ds(&c), ["customer.example/mail", "relay.example/esp"]);
+    // subdomains never applies with rules; keys of a From domain no rule
+    // names do not sign.
+    let no_match = ruled(
+        dir.path(),
+        &[(None, "example.org", "a")],
+        &[("*@example.net", &["example.org"])],
+        RuleMatch::First,
+    );
+    assert!(
+        no_match
+            .choose("x@example.org", "example.org", true)
+            .keys
+            .is_empty()
+    );
+    assert_eq!(no_match.warnings(), Vec::<String>::new());
+}
+
+#[test]
+fn rules_choose_keys_all_matches_once_each() {
+    use crate::config::RuleMatch;
+    let dir = tempfile::tempdir().unwrap();
+    let t = ruled(
+        dir.path(),
+        &[
+            (None, "example.com", "a"),
+            (Some("shared"), "%", "mail"),
+            (Some("relay"), "relay.example", "esp"),
+            (Some("unused"), "example.net", "u"),
+        ],
+        &[
+            ("*@example.com", &["example.com", "shared"]),
+            ("alice@example.com", &["shared", "relay"]),
+            ("*", &["relay"]),
+        ],
+        RuleMatch::All,
+    );
+    let c = t.choose("alice@example.com", "example.com", false);
+    assert_eq!(
+        ds(&c),
+        ["example.com/a", "example.com/mail", "relay.example/esp"]
+    );
+    assert_eq!(c.matched.len(), 3);
+    let c = t.choose("bob@example.org", "example.org", false);
+    assert_eq!(ds(&c), ["relay.example/esp"]);
+    assert_eq!(
+        t.warnings(),
+        ["key example.net named unused (s=u) never signs: no [[signing.rule]] names it"]
+    );
+    // The domains a `%` key signs for: exact rule domains; open patterns apart.
+    let shared = t.iter().find(|k| k.domain == "%").unwrap().clone();
+    let (domains, open) = t.domains_of(&shared);
+    assert_eq!(domains, ["example.com"]);
+    assert!(open.is_empty());
+}
+
+#[test]
+fn without_rules_keys_follow_the_from_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = ruled(
+        dir.path(),
+        &[(None, "example.com", "a"), (Some("shared"), "%", "mail")],
+        &[],
+        crate::config::RuleMatch::First,
+    );
+    assert!(!t.has_rules());
+    let c = t.choose("x@example.com", "example.com", false);
+    assert_eq!(ds(&c), ["example.com/a"]);
+    assert!(!c.by_rules);
+    // A `%` key never signs by domain.
+    assert!(
+        t.choose("x@other.example", "other.example", true)
+            .keys
+            .is_empty()
+    );
+    assert_eq!(t.warnings().len(), 1);
 }

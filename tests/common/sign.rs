@@ -35,6 +35,7 @@ pub fn sign(key: &TestKey, raw: &[u8], opts: &SignOptions<'_>) -> Vec<u8> {
         path: key.path.clone(),
         algorithm: None,
         origin: "test".into(),
+        ..Default::default()
     })
     .expect("load test key");
     let signature = DkimSigner::from_key(loaded.key.clone())

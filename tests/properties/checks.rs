@@ -1029,6 +1029,7 @@ pub fn signing_keys() -> &'static [Arc<LoadedKey>; 2] {
             path,
             algorithm: None,
             origin: "properties".into(),
+            ..Default::default()
         })
         .expect("RSA key");
         [Arc::new(ed.key), Arc::new(rsa)]
@@ -1080,7 +1081,7 @@ pub fn signer_whole_vs_chunked(
         ..default_config().signing.clone()
     };
     let key = &signing_keys()[usize::from(flags & 4 != 0)];
-    let keys = std::slice::from_ref(key);
+    let keys = &sign::Selected::own(std::slice::from_ref(key));
     let leading_space = flags & 8 != 0;
     let names = sign::header_list(&signing, fields.iter().map(|(n, _)| &n[..]));
     let block = header_section(fields.iter().map(|(n, v)| (&n[..], &v[..])), leading_space);

@@ -105,6 +105,7 @@ pub(super) fn managed(
             _ => path,
         };
         out.push(ManagedDomain {
+            name: key.name.clone(),
             domain,
             dir: path,
             origin,
