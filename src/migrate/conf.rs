@@ -49,6 +49,25 @@ impl ConfFile {
 
     pub fn parse(daemon: Daemon, path: &Path, text: &str) -> Result<ConfFile, MigrateError> {
         let mut settings = BTreeMap::new();
+        parse_into(daemon, path, text, &mut settings, 0)?;
+        Ok(ConfFile {
+            daemon,
+            path: path.to_path_buf(),
+            settings,
+        })
+    }
+}
+
+/// Parses one file into `settings`; `Include FILE` (OpenDKIM) reads another
+/// file at that point, so later lines still override it.
+fn parse_into(
+    daemon: Daemon,
+    path: &Path,
+    text: &str,
+    settings: &mut BTreeMap<String, Setting>,
+    depth: usize,
+) -> Result<(), MigrateError> {
+    {
         for (i, line) in text.lines().enumerate() {
             let line_no = i + 1;
             // Both daemons cut a line at the first '#'.
@@ -72,6 +91,18 @@ impl ConfFile {
                     reason: format!("{} has no value", info.name),
                 });
             }
+            if info.name == "Include" {
+                if depth >= 8 {
+                    return Err(MigrateError::Invalid {
+                        path: path.to_path_buf(),
+                        line: line_no,
+                        reason: "Include nested more than 8 deep".into(),
+                    });
+                }
+                let inc = path.parent().unwrap_or(Path::new("/")).join(value);
+                parse_into(daemon, &inc, &read(&inc)?, settings, depth + 1)?;
+                continue;
+            }
             settings.insert(
                 info.name.to_ascii_lowercase(),
                 Setting {
@@ -82,13 +113,11 @@ impl ConfFile {
                 },
             );
         }
-        Ok(ConfFile {
-            daemon,
-            path: path.to_path_buf(),
-            settings,
-        })
     }
+    Ok(())
+}
 
+impl ConfFile {
     pub fn get(&self, name: &str) -> Option<&Setting> {
         self.settings.get(&name.to_ascii_lowercase())
     }

@@ -413,9 +413,13 @@ pub fn render_report(m: &Migration, written: Option<&Path>) -> String {
         }
         out.push_str("  postfix reload\n  rmilter doctor\n\n");
     }
-    out.push_str(match m.exit_code() {
-        0 => "result: translated with no behaviour change\n",
-        _ => "result: translated; the differences above change behaviour (exit 1)\n",
+    let differs = m.findings.iter().any(|f| f.status.changes_behaviour());
+    out.push_str(match (differs, m.key_fixes.is_empty()) {
+        (false, true) => "result: translated with no behaviour change\n",
+        (false, false) => {
+            "result: translated; rmilter refuses the key files until the commands above are run (exit 1)\n"
+        }
+        (true, _) => "result: translated; the differences above change behaviour (exit 1)\n",
     });
     out
 }

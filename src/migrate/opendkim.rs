@@ -731,24 +731,27 @@ fn sender_pattern(kind: DatasetKind, key: &str) -> Result<(String, usize), Strin
                 if local == "*" && dom.strip_prefix("*.").is_some_and(dom_ok) {
                     return Ok((format!("*@{dom}"), 0));
                 }
-                if !local.contains('*') && dom_ok(dom) {
+                if !local.contains('*') && (dom_ok(dom) || dom == "*") {
                     return Ok((format!("{local}@{dom}"), 0));
                 }
             }
             Err(format!(
-                "pattern {key:?}: rmilter's sender patterns are user@domain, *@domain, *@*.domain and *"
+                "pattern {key:?}: rmilter's sender patterns are user@domain, *@domain, *@*.domain, user@* and *"
             ))
         }
         _ => {
-            // RFC-less OpenDKIM order: user@host, host, user@.domain, .domain, user@*, *.
+            // opendkim.conf(5), SigningTable: user@host, host, user@.domain, .domain (deepest first), user@*, *.
             if key == "*" {
-                return Ok(("*".into(), 5));
+                return Ok(("*".into(), 1_000_000));
             }
             if let Some((local, dom)) = key.split_once('@') {
                 if local.contains('*') {
                     return Err(format!(
                         "{key:?} never matches in an exact-lookup (file:) table; OpenDKIM needs refile: for wildcards"
                     ));
+                }
+                if dom == "*" && !local.is_empty() {
+                    return Ok((format!("{local}@*"), 10_000));
                 }
                 if dom.starts_with('.') || dom == "*" {
                     return Err(format!(
@@ -761,7 +764,7 @@ fn sender_pattern(kind: DatasetKind, key: &str) -> Result<(String, usize), Strin
                 // Deeper parents are tried first.
                 return Ok((
                     format!("*@*.{parent}"),
-                    3 + 1000 - parent.matches('.').count().min(999),
+                    2000 - parent.matches('.').count().min(999),
                 ));
             }
             Ok((format!("*@{key}"), 1))
@@ -978,13 +981,7 @@ fn key_table(c: &ConfFile, kt: &Setting, base: &Path, cx: &mut Ctx) -> Result<()
     }
     rules.sort_by_key(|(rank, i, _)| (*rank, *i));
     let rules: Vec<RuleOut> = rules.into_iter().map(|(_, _, r)| r).collect();
-    cx.add(
-        D,
-        st.info.name,
-        st.at(),
-        Status::Translated,
-        "[[signing.rule]] tables, in OpenDKIM's lookup order",
-    );
+
     for k in &keys {
         if !used.contains(&k.name) {
             cx.add(
@@ -1015,6 +1012,13 @@ fn key_table(c: &ConfFile, kt: &Setting, base: &Path, cx: &mut Ctx) -> Result<()
         })
     } && (multiple || rules.iter().all(|r| r.keys.len() == 1));
     if by_domain {
+        cx.add(
+            D,
+            st.info.name,
+            st.at(),
+            Status::Translated,
+            "[[key]] tables: every row signs *@domain with that domain's own key, which is rmilter's default (keys by From domain); no rules needed",
+        );
         for r in &rules {
             for n in &r.keys {
                 let k = keys.iter().find(|k| &k.name == n).expect("used key");
@@ -1043,6 +1047,13 @@ fn key_table(c: &ConfFile, kt: &Setting, base: &Path, cx: &mut Ctx) -> Result<()
             origin: format!("{} KeyTable", k.row.at()),
         });
     }
+    cx.add(
+        D,
+        st.info.name,
+        st.at(),
+        Status::Translated,
+        "[[signing.rule]] tables, in OpenDKIM's lookup order",
+    );
     cx.plan.rule_match_all = Some(if multiple { "all" } else { "first" }.into());
     cx.plan.rules = rules;
     Ok(())

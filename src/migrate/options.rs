@@ -197,7 +197,7 @@ pub static OPTIONS: &[OptionInfo] = &[
     o(
         K,
         "Include",
-        U("included files are not read; put their options in the main file"),
+        N("rmilter migrate reads the included file in its place"),
     ),
     o(K, "InternalHosts", T("outbound.networks")),
     o(

@@ -190,6 +190,13 @@ pub fn plan(
     for name in ["smtpd_milters", "non_smtpd_milters"] {
         let raw = global.raw(name).unwrap_or_default();
         let value = global.expand(&raw);
+        // "non_smtpd_milters = $smtpd_milters" follows the other line: keep it.
+        if raw.trim().starts_with('$')
+            && replace(&raw, &milter, &sockets).is_none()
+            && !value.trim().is_empty()
+        {
+            continue;
+        }
         match replace(&value, &milter, &sockets) {
             Some(new) => main_lines.push(format!("'{name} = {new}'")),
             None if value.trim().is_empty() => main_lines.push(format!("'{name} = {milter}'")),
