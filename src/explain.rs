@@ -461,7 +461,7 @@ fn outbound(
         if choice.matched.is_empty() {
             line(
                 text,
-                "signing rules",
+                "rules",
                 format!(
                     "no [[signing.rule]] matches {} ({} rules)",
                     author.address,
@@ -471,7 +471,7 @@ fn outbound(
         } else {
             line(
                 text,
-                "signing rules",
+                "rules",
                 format!(
                     "{} matches {} (rule_match = {})",
                     choice.matched.join(", "),
@@ -481,7 +481,7 @@ fn outbound(
             );
         }
     } else {
-        line(text, "signing rules", "none: keys of the From domain sign");
+        line(text, "rules", "none: keys of the From domain sign");
     }
     if choice.keys.is_empty() {
         let why = if choice.by_rules {

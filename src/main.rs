@@ -208,15 +208,37 @@ fn dns(args: &ConfigArg) -> ExitCode {
     }
     for key in rt.keys.iter() {
         println!(
-            "; {} {} bits, {}",
+            "; {} {} bits, {}{}",
             key.algorithm.dkim_name(),
             key.bits,
-            key.path.display()
+            key.path.display(),
+            key.name
+                .as_deref()
+                .map(|n| format!(", key {n}"))
+                .unwrap_or_default()
         );
-        println!(
-            "{}",
-            keys::zone_entry(&key.domain, &key.selector, &key.txt_value())
-        );
+        // A `%` key: its record at every domain it signs for.
+        let domains = if key.domain == config::SENDER_DOMAIN {
+            rt.config
+                .sender_domain_key_domains(key.name.as_deref(), &key.domains)
+                .0
+        } else {
+            vec![key.domain.clone()]
+        };
+        for domain in domains {
+            println!(
+                "{}",
+                keys::zone_entry(&domain, &key.selector, &key.txt_value())
+            );
+        }
+    }
+    for note in rt
+        .config
+        .keys
+        .iter()
+        .filter_map(|k| rt.config.sender_domain_key_note(k))
+    {
+        println!("; {note}");
     }
     ExitCode::SUCCESS
 }

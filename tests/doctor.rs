@@ -432,3 +432,88 @@ fn the_postfix_test_harness_is_wired_correctly_over_a_unix_socket() {
         "[socket]\ngroup = \"postfix\"\n",
     );
 }
+
+/// Signing rules and logins in doctor: a key no rule reaches, a `%` key
+/// whose domains are unknown, and SASL submission signing for several
+/// domains with `[signing.logins]` off; enabling it clears that finding.
+#[test]
+fn signing_rules_and_logins_findings() {
+    let keys = TestKeys::new(&[
+        ("example.com", "s1", KeyAlgorithm::Ed25519),
+        ("any.example", "mail", KeyAlgorithm::Ed25519),
+        ("unused.example", "u", KeyAlgorithm::Ed25519),
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("etc");
+    std::fs::create_dir(&dir).unwrap();
+    for file in ["main.cf", "master.cf"] {
+        let text = std::fs::read_to_string(root().join("good").join(file))
+            .unwrap()
+            .replace("@TMP@", &tmp.path().display().to_string())
+            .replace("@PORT@", "8891");
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    let toml = dir.join("rmilter.toml");
+    let write = |logins: bool| {
+        std::fs::write(
+            &toml,
+            format!(
+                "listen = \"inet:127.0.0.1:8891\"\n\
+                 [signing.logins]\nenabled = {logins}\n\n\
+                 [[key]]\ndomain = \"example.com\"\nselector = \"s1\"\nfile = \"{}\"\n\n\
+                 [[key]]\nname = \"shared\"\ndomain = \"%\"\nselector = \"mail\"\nfile = \"{}\"\n\n\
+                 [[key]]\ndomain = \"unused.example\"\nselector = \"u\"\nfile = \"{}\"\n\n\
+                 [[signing.rule]]\nsender = \"*@example.com\"\nkeys = [\"example.com\"]\n\n\
+                 [[signing.rule]]\nsender = \"*\"\nkeys = [\"shared\"]\n",
+                keys.keys[0].path.display(),
+                keys.keys[1].path.display(),
+                keys.keys[2].path.display()
+            ),
+        )
+        .unwrap();
+    };
+    let run = || {
+        let (_, json) = doctor(
+            &[
+                "--postfix-dir",
+                dir.to_str().unwrap(),
+                "-c",
+                toml.to_str().unwrap(),
+                "--no-dns",
+                "--no-probe",
+            ],
+            &[],
+        );
+        json["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["category"] == "signing")
+            .map(|f| {
+                format!(
+                    "{} {}: {}",
+                    f["severity"].as_str().unwrap(),
+                    f["id"].as_str().unwrap(),
+                    f["summary"].as_str().unwrap()
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    write(false);
+    let got = run();
+    let expected = [
+        "low signing-rules: key unused.example (s=u) never signs: no [[signing.rule]] names it",
+        "info signing-percent-domains: key shared (domain \"%\", selector mail) signs for the senders of signing.rule[1] \"*\": each such domain must publish mail._domainkey.DOMAIN; list them in its domains = [...] to have them checked",
+        "low signing-logins: SASL logins have mail signed for 3 signing domains (any (signing.rule[1] \"*\"), example.com, unused.example) and [signing.logins] is off",
+    ];
+    for e in expected {
+        assert!(got.iter().any(|g| g == e), "missing {e:?} in {got:#?}");
+    }
+    assert_eq!(got.len(), 3, "{got:#?}");
+    write(true);
+    let got = run();
+    assert!(
+        !got.iter().any(|g| g.contains("signing-logins")),
+        "{got:#?}"
+    );
+}

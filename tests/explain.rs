@@ -523,3 +523,68 @@ async fn explain_traces_inbound_and_outbound_messages() {
         format!("rmilter: {}: line 2: bad IPv4 address", zone_path.display())
     );
 }
+
+/// Signing rules and logins in explain: which rule matched and why, the `%`
+/// key signing with the From domain, a third-party key, and a login that
+/// may not send as the From address (the daemon's reply).
+#[test]
+fn explain_shows_the_matching_rule_and_the_login_verdict() {
+    let keys = TestKeys::new(&[
+        ("any.example", "mail", KeyAlgorithm::Ed25519),
+        ("relay.example", "esp", KeyAlgorithm::Ed25519),
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let cfg = work.path().join("rmilter.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "authserv_id = \"mx.example.org\"\n\
+             [signing.logins]\nenabled = true\naction = \"reject\"\n\n\
+             [[key]]\nname = \"shared\"\ndomain = \"%\"\nselector = \"mail\"\nfile = \"{}\"\n\n\
+             [[key]]\nname = \"relay\"\ndomain = \"relay.example\"\nselector = \"esp\"\nfile = \"{}\"\n\n\
+             [[signing.rule]]\nsender = \"noreply@sender.example\"\nkeys = []\n\n\
+             [[signing.rule]]\nsender = \"*@sender.example\"\nkeys = [\"shared\", \"relay\"]\n\n\
+             [dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout = \"500ms\"\n",
+            keys.keys[0].path.display(),
+            keys.keys[1].path.display()
+        ),
+    )
+    .unwrap();
+    let explain = |from: &str, auth: &str| {
+        let msg = work.path().join("message.eml");
+        std::fs::write(&msg, common::message(from, "rules", "Hello.\r\n")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_rmilter"))
+            .arg("explain")
+            .arg(&msg)
+            .args(["--auth", auth, "--client-ip", "203.0.113.9", "-c"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = explain("Alice <alice@sender.example>", "alice@sender.example");
+    for step in [
+        "rules        signing.rule[1] \"*@sender.example\" matches alice@sender.example (rule_match = first)",
+        "login        alice@sender.example may send as alice@sender.example: sender.example is the login's own domain",
+        "signing      key d=sender.example s=mail a=ed25519-sha256 (256 bits",
+        ", key shared, domain \"%\": the From domain)",
+        "signing      key d=relay.example s=esp a=ed25519-sha256 (256 bits",
+        ", key relay, third-party signature)",
+    ] {
+        assert!(text.contains(step), "missing {step:?} in\n{text}");
+    }
+    let text = explain("noreply@sender.example", "alice@sender.example");
+    assert!(
+        text.contains(
+            "signing      not signed: no signing rule gives a key for noreply@sender.example"
+        ),
+        "{text}"
+    );
+    let text = explain("ceo@sender.example", "mallory@customer.example");
+    for step in [
+        "login        refused: login mallory@customer.example may not send as ceo@sender.example: no grant in signing.logins.allow, not the login's own domain",
+        "action       reject: 550 5.7.1 login mallory@customer.example may not send as ceo@sender.example",
+    ] {
+        assert!(text.contains(step), "missing {step:?} in\n{text}");
+    }
+}

@@ -195,3 +195,81 @@ fn check_reports_static_keys_with_a_nonzero_exit_and_json() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A `%` key: `keys dns`, `check` and `status` give it a row per domain it
+/// is known to sign for (its `domains`, and the exact domains of the rules
+/// naming it) and a note for the rules whose domains cannot be listed.
+#[test]
+fn sender_domain_keys_are_checked_at_each_known_domain() {
+    let keys = TestKeys::new(&[("any.example", "mail", KeyAlgorithm::Ed25519)]);
+    let dns = TestDns::start(Zone::new());
+    let config = keys.dir.path().join("rmilter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[key]]\nname = \"shared\"\ndomain = \"%\"\nselector = \"mail\"\nfile = \"{}\"\n\
+             domains = [\"a.example\"]\n\n\
+             [[signing.rule]]\nsender = \"*@b.example\"\nkeys = [\"shared\"]\n\n\
+             [[signing.rule]]\nsender = \"*\"\nkeys = [\"shared\"]\n\n\
+             [dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\n",
+            keys.keys[0].path.display(),
+            dns.addr()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rmilter"))
+            .args(args)
+            .arg("-c")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let txt = keys.keys[0].txt.clone();
+    let note = "key shared (domain \"%\", selector mail) signs for the senders of signing.rule[1] \"*\": each such domain must publish mail._domainkey.DOMAIN; list them in its domains = [...] to have them checked (known: a.example, b.example)";
+
+    let (code, text) = run(&["keys", "dns"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("mail._domainkey.a.example"), "{text}");
+    assert!(text.contains("mail._domainkey.b.example"), "{text}");
+    assert!(text.contains(&format!("; {note}")), "{text}");
+
+    // b.example has not published the record yet.
+    dns.set_zone(Zone::new().txt("mail._domainkey.a.example", &txt));
+    let (code, text) = run(&["keys", "check"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("ok   a.example mail (static, ed25519): ok"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAIL b.example mail (static, ed25519): missing"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("note {note}")), "{text}");
+
+    dns.set_zone(
+        Zone::new()
+            .txt("mail._domainkey.a.example", &txt)
+            .txt("mail._domainkey.b.example", &txt),
+    );
+    let (code, text) = run(&["keys", "check", "--domain", "b.example"]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = run(&["keys", "status"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("a.example") && l.ends_with("ok")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("b.example") && l.ends_with("ok")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("! {note}")), "{text}");
+}

@@ -77,6 +77,90 @@ pub struct Config {
     pub metrics: MetricsSettings,
 }
 
+impl Config {
+    /// For a `%` key (its `name` and `domains`): the domains it signs for,
+    /// as far as the configuration says (its `domains`, then the exact
+    /// domains of the rules naming it), and the rules naming it whose
+    /// domains cannot be listed (`*@*.example.com`, `*`).
+    pub fn sender_domain_key_domains(
+        &self,
+        name: Option<&str>,
+        listed: &[String],
+    ) -> (Vec<String>, Vec<String>) {
+        let mut domains = listed.to_vec();
+        let mut open = Vec::new();
+        let Some(name) = name else {
+            return (domains, open);
+        };
+        for rule in self
+            .signing
+            .rules
+            .iter()
+            .filter(|r| r.keys.iter().any(|k| k == name))
+        {
+            match &rule.sender.domain {
+                DomainPattern::Exact(d) => {
+                    if !domains.contains(d) {
+                        domains.push(d.clone());
+                    }
+                }
+                _ => open.push(format!("{} {:?}", rule.origin, rule.sender.text)),
+            }
+        }
+        (domains, open)
+    }
+
+    /// What `rmilter keys dns/check/status` and doctor say about a `%` key
+    /// whose rules reach domains that cannot be listed; `None` when every
+    /// domain it signs for is known.
+    pub fn sender_domain_key_note(&self, key: &KeySpec) -> Option<String> {
+        if key.domain != SENDER_DOMAIN {
+            return None;
+        }
+        let (domains, open) = self.sender_domain_key_domains(key.name.as_deref(), &key.domains);
+        if open.is_empty() && !domains.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "key {} (domain \"%\", selector {}) signs for {}: each such domain must publish \
+             {}._domainkey.DOMAIN; list them in its domains = [...] to have them checked{}",
+            key.name.as_deref().unwrap_or("?"),
+            key.selector,
+            if open.is_empty() {
+                "no domain named anywhere".to_string()
+            } else {
+                format!("the senders of {}", open.join(", "))
+            },
+            key.selector,
+            if domains.is_empty() {
+                String::new()
+            } else {
+                format!(" (known: {})", domains.join(", "))
+            }
+        ))
+    }
+
+    /// The static key rows with each `%` key replaced by one row per
+    /// domain it is known to sign for.
+    pub fn keys_by_domain(&self) -> Vec<KeySpec> {
+        let mut out = Vec::new();
+        for key in &self.keys {
+            if key.domain != SENDER_DOMAIN {
+                out.push(key.clone());
+                continue;
+            }
+            let (domains, _) = self.sender_domain_key_domains(key.name.as_deref(), &key.domains);
+            for d in domains {
+                out.push(KeySpec {
+                    domain: d,
+                    ..key.clone()
+                });
+            }
+        }
+        out
+    }
+}
+
 /// Who the daemon runs as after binding (`user`, `group`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunAs {

@@ -31,10 +31,26 @@ pub async fn check(runtime: &Runtime) -> Vec<Finding> {
             return findings;
         }
     };
-    for key in runtime.keys.iter() {
-        let name = record_name(&key.domain, &key.selector);
+    // A `%` key is checked at each domain it is known to sign for.
+    let config = &runtime.config;
+    let keys: Vec<(String, &std::sync::Arc<crate::keys::LoadedKey>)> = runtime
+        .keys
+        .iter()
+        .flat_map(|key| {
+            let domains = if key.domain == crate::config::SENDER_DOMAIN {
+                config
+                    .sender_domain_key_domains(key.name.as_deref(), &key.domains)
+                    .0
+            } else {
+                vec![key.domain.clone()]
+            };
+            domains.into_iter().map(move |d| (d, key))
+        })
+        .collect();
+    for (domain, key) in &keys {
+        let name = record_name(domain, &key.selector);
         let verdict = checker
-            .check(&key.domain, &key.selector, key.algorithm, &key.public_key)
+            .check(domain, &key.selector, key.algorithm, &key.public_key)
             .await;
         let severity = match verdict {
             Verdict::Ok => continue,
@@ -63,13 +79,12 @@ pub async fn check(runtime: &Runtime) -> Vec<Finding> {
             },
             format!(
                 "publish {}",
-                crate::keys::zone_entry(&key.domain, &key.selector, &key.txt_value())
-                    .replace('\n', " ")
+                crate::keys::zone_entry(domain, &key.selector, &key.txt_value()).replace('\n', " ")
             ),
         ));
     }
     let dns = HickoryDns::new(runtime.verifier.authenticator().resolver().clone());
-    let domains: BTreeSet<String> = runtime.keys.iter().map(|k| k.domain.clone()).collect();
+    let domains: BTreeSet<String> = keys.iter().map(|(d, _)| d.clone()).collect();
     for domain in &domains {
         spf(&dns, domain, &mut findings).await;
         dmarc(runtime, &dns, domain, &mut findings).await;

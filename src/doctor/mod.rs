@@ -15,6 +15,7 @@ pub mod dns;
 pub mod hardening;
 pub mod milter;
 pub mod postconf;
+pub mod signing;
 
 use crate::cli::{ConfigArg, DEFAULT_CONFIG};
 use crate::config::Overrides;
@@ -171,6 +172,7 @@ pub struct Context<'a> {
 pub fn check_config(cx: &Context<'_>) -> Vec<Finding> {
     let mut findings = milter::check(cx);
     findings.extend(hardening::check(cx));
+    findings.extend(signing::check(cx));
     merge(findings)
 }
 

@@ -261,6 +261,15 @@ fn rotate(args: &RotateArgs) -> Result<ExitCode, Failure> {
 
 /// The DNS column of a row: the verdict, read for retired keys as what
 /// happened to the record.
+/// What cannot be checked: `%` keys whose domains are not all known.
+fn notes(config: &Config) -> Vec<String> {
+    config
+        .keys
+        .iter()
+        .filter_map(|k| config.sender_domain_key_note(k))
+        .collect()
+}
+
 fn dns_column(row: &StatusRow) -> String {
     match (&row.verdict, row.state) {
         (None, _) => "-".to_string(),
@@ -279,9 +288,15 @@ fn check(args: &CheckArgs) -> Result<ExitCode, Failure> {
         domain.as_deref(),
     ))??;
     let problems = rows.iter().filter(|r| r.problem).count();
+    let notes = notes(&config);
     if args.json {
-        print_json(&json!({ "ok": problems == 0, "problems": problems, "keys": rows }));
+        print_json(
+            &json!({ "ok": problems == 0, "problems": problems, "keys": rows, "notes": notes }),
+        );
     } else {
+        for note in &notes {
+            println!("note {note}");
+        }
         for row in &rows {
             let verdict = row.verdict.as_ref().expect("check asks the DNS");
             println!(
@@ -337,8 +352,9 @@ fn status(args: &StatusArgs) -> Result<ExitCode, Failure> {
         .filter(|d| domain.as_deref().is_none_or(|w| w == *d))
         .filter(|d| !rows.iter().any(|r| r.domain == *d && r.signs))
         .collect();
+    let notes = notes(&config);
     if args.json {
-        print_json(&json!({ "keys": rows, "unsigned_domains": unsigned }));
+        print_json(&json!({ "keys": rows, "unsigned_domains": unsigned, "notes": notes }));
         return Ok(ExitCode::SUCCESS);
     }
     let header = [
@@ -397,6 +413,9 @@ fn status(args: &StatusArgs) -> Result<ExitCode, Failure> {
     }
     for d in unsigned {
         println!("! {d}: no active key: its mail leaves unsigned");
+    }
+    for note in &notes {
+        println!("! {note}");
     }
     Ok(ExitCode::SUCCESS)
 }

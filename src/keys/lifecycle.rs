@@ -545,11 +545,12 @@ pub async fn status(
     let trusted = trusted(config);
     let wanted = |d: &str| domain.is_none_or(|w| w == d);
     // (spec, managed key)
+    // A `%` key gives a row per domain it is known to sign for.
     let mut keys: Vec<(KeySpec, Option<ManagedKey>)> = config
-        .keys
-        .iter()
+        .keys_by_domain()
+        .into_iter()
         .filter(|k| wanted(&k.domain))
-        .map(|k| (k.clone(), None))
+        .map(|k| (k, None))
         .collect();
     for m in config.managed.iter().filter(|m| wanted(&m.domain)) {
         let st = state::read(&m.dir, &m.domain, trusted)?;

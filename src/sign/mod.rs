@@ -5,7 +5,7 @@
 //! author domain, the header fields and body chunks, and gets back the
 //! `DKIM-Signature` values to insert.
 
-use crate::config::{DomainPattern, RuleMatch, SENDER_DOMAIN, SenderPattern, Signing};
+use crate::config::{RuleMatch, SENDER_DOMAIN, SenderPattern, Signing};
 use crate::keys::{LoadedKey, SharedKey};
 use mail_auth::dkim::{Canonicalization, DkimSigner, DkimSigningStream};
 use mail_auth::headers::HeaderWriter;
@@ -187,33 +187,6 @@ impl KeyTable {
             }
         }
         out
-    }
-
-    /// The domains a key signs for, as far as the configuration says: its
-    /// own domain, or for a `%` key its `domains` plus the exact domains of
-    /// the rules that reach it. The second list holds the patterns of
-    /// rules reaching it whose domains cannot be listed (`*@*.example.com`,
-    /// `*`).
-    pub fn domains_of(&self, key: &LoadedKey) -> (Vec<String>, Vec<String>) {
-        if key.domain != SENDER_DOMAIN {
-            return (vec![key.domain.clone()], Vec::new());
-        }
-        let mut domains = key.domains.clone();
-        let mut open = Vec::new();
-        for rule in &self.rules {
-            if !rule.keys.iter().any(|k| std::ptr::eq(k.as_ref(), key)) {
-                continue;
-            }
-            match &rule.sender.domain {
-                DomainPattern::Exact(d) => {
-                    if !domains.contains(d) {
-                        domains.push(d.clone());
-                    }
-                }
-                _ => open.push(format!("{} {:?}", rule.origin, rule.sender.text)),
-            }
-        }
-        (domains, open)
     }
 
     /// The keys that sign mail whose From gate found `address` (domain
