@@ -51,6 +51,22 @@ impl Rendered {
         Rendered { root }
     }
 
+    /// A set-up written by the test itself: (path under the root, text) with `@ROOT@` standing
+    /// for the root.
+    fn from_files(files: &[(&str, &str)]) -> Rendered {
+        let root = tempfile::Builder::new()
+            .prefix("rmilter-migrate-")
+            .tempdir()
+            .unwrap();
+        let prefix = root.path().display().to_string();
+        for (path, text) in files {
+            let p = root.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text.replace("@ROOT@", &prefix)).unwrap();
+        }
+        Rendered { root }
+    }
+
     fn path(&self, rel: &str) -> PathBuf {
         self.root.path().join(rel)
     }
@@ -248,7 +264,10 @@ fn cases(domains: &BTreeSet<String>) -> Vec<(Envelope, Vec<u8>, String)> {
 
 /// One corpus entry: migrate, check-config, and (when it signs) the differential signing test.
 fn run_corpus(name: &str) {
-    let r = Rendered::new(name);
+    run_set_up(name, Rendered::new(name));
+}
+
+fn run_set_up(name: &str, r: Rendered) {
     let (code, json, all) = r.migrate();
     assert!(code == 0 || code == 1, "{name}: migrate exit {code}: {all}");
     // Make the key files the configuration names, then migrate again with them in place.
@@ -274,11 +293,12 @@ fn run_corpus(name: &str) {
     let conf = std::fs::read_to_string(r.opendkim_conf().unwrap()).unwrap();
     let opendkim = OpenDkim::from_conf(&conf);
     let milter = TestMilter::start_toml(&for_test_milter(&config));
-    let domains: BTreeSet<String> = keys
+    let mut domains: BTreeSet<String> = keys
         .iter()
         .map(|(d, _, _)| d.clone())
         .filter(|d| d != "%")
         .collect();
+    domains.extend(["example.com".to_string(), "example.net".to_string()]);
     let dkim_addr: std::net::SocketAddr = format!("127.0.0.1:{}", opendkim.port()).parse().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -452,4 +472,38 @@ fn postfix_lines_replace_the_old_milters() {
         config.contains("listen = \"unix:/var/spool/postfix/rmilter/rmilter.sock\""),
         "{config}"
     );
+}
+
+/// A relay as OpenDKIM users write one (no project ships this, so the test writes it): the
+/// relay's own d= on every message (a third-party signature), a shared "%" key for
+/// example.net and its subdomains, example.com's own key, all matches (MultipleSignatures).
+/// The SigningTable needs rmilter's [[signing.rule]]; OpenDKIM and rmilter must sign alike.
+#[test]
+fn relay_rules_sign_like_opendkim() {
+    let r = Rendered::from_files(&[
+        (
+            "etc/opendkim.conf",
+            "Syslog yes\nCanonicalization relaxed/relaxed\nMode sv\nMultipleSignatures yes\n\
+             KeyTable refile:@ROOT@/etc/opendkim/KeyTable\n\
+             SigningTable refile:@ROOT@/etc/opendkim/SigningTable\n\
+             InternalHosts 127.0.0.1\nSocket inet:8891@localhost\n",
+        ),
+        (
+            "etc/opendkim/KeyTable",
+            "esp relay.example:esp:@ROOT@/etc/opendkim/keys/esp.private\n\
+             shared %:mail:@ROOT@/etc/opendkim/keys/shared.private\n\
+             own example.com:s2024:@ROOT@/etc/opendkim/keys/own.private\n",
+        ),
+        (
+            "etc/opendkim/SigningTable",
+            "*@example.com own\n*@*.example.net shared\n*@example.net shared\n* esp\n",
+        ),
+        ("postfix/main.cf", ""),
+        ("postfix/master.cf", ""),
+    ]);
+    let (_, json, all) = r.migrate();
+    let config = json["config"].as_str().unwrap_or_default();
+    assert!(config.contains("[[signing.rule]]"), "{config}\n{all}");
+    assert!(config.contains("rule_match = \"all\""), "{config}");
+    run_set_up("relay", r);
 }
