@@ -326,11 +326,11 @@ pub fn main(args: MigrateArgs) -> ExitCode {
         }
     };
     let code = migration.exit_code();
-    if let Some(out) = &args.output {
-        if let Err(e) = write_config(out, &migration.config) {
-            eprintln!("rmilter: migrate: {}: cannot write: {e}", out.display());
-            return ExitCode::from(1);
-        }
+    if let Some(out) = &args.output
+        && let Err(e) = write_config(out, &migration.config)
+    {
+        eprintln!("rmilter: migrate: {}: cannot write: {e}", out.display());
+        return ExitCode::from(1);
     }
     if args.json {
         let mut v = serde_json::to_value(&migration).unwrap_or_default();

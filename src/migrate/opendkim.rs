@@ -372,51 +372,51 @@ fn headers(c: &ConfFile, base: &Path, cx: &mut Ctx) -> Result<(), MigrateError> 
                 "signing.headers",
             );
         }
-    } else if let Some(s) = c.get("OmitHeaders") {
-        if let Some(list) = header_list(s, base, cx)? {
-            let keep: Vec<String> = DEFAULT_HEADERS
-                .iter()
-                .filter(|h| !list.iter().any(|o| o.eq_ignore_ascii_case(h)))
-                .map(|h| h.to_string())
-                .collect();
-            cx.plan.headers = Some((
-                keep,
-                format!("{} OmitHeaders (rmilter's list without them)", s.at()),
-            ));
-            cx.add(
-                D,
-                s.info.name,
-                s.at(),
-                Status::Translated,
-                "signing.headers (rmilter's default list without the omitted fields)",
-            );
-        }
+    } else if let Some(s) = c.get("OmitHeaders")
+        && let Some(list) = header_list(s, base, cx)?
+    {
+        let keep: Vec<String> = DEFAULT_HEADERS
+            .iter()
+            .filter(|h| !list.iter().any(|o| o.eq_ignore_ascii_case(h)))
+            .map(|h| h.to_string())
+            .collect();
+        cx.plan.headers = Some((
+            keep,
+            format!("{} OmitHeaders (rmilter's list without them)", s.at()),
+        ));
+        cx.add(
+            D,
+            s.info.name,
+            s.at(),
+            Status::Translated,
+            "signing.headers (rmilter's default list without the omitted fields)",
+        );
     }
-    if let Some(s) = c.get("OversignHeaders") {
-        if let Some(list) = header_list(s, base, cx)? {
-            let mut all: Vec<String> = DEFAULT_OVERSIGN_HEADERS
-                .iter()
-                .map(|h| h.to_string())
-                .collect();
-            let extra: Vec<String> = list
-                .into_iter()
-                .filter(|h| !all.iter().any(|a| a.eq_ignore_ascii_case(h)))
-                .collect();
-            let text = if extra.is_empty() {
-                "rmilter oversigns them (and more) by default".to_string()
-            } else {
-                format!(
-                    "signing.oversign_headers: rmilter's default list plus {}",
-                    extra.join(", ")
-                )
-            };
-            if extra.is_empty() {
-                cx.add(D, s.info.name, s.at(), Status::NotNeeded, text);
-            } else {
-                all.extend(extra);
-                cx.plan.oversign_headers = Some((all, format!("{} OversignHeaders", s.at())));
-                cx.add(D, s.info.name, s.at(), Status::Translated, text);
-            }
+    if let Some(s) = c.get("OversignHeaders")
+        && let Some(list) = header_list(s, base, cx)?
+    {
+        let mut all: Vec<String> = DEFAULT_OVERSIGN_HEADERS
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        let extra: Vec<String> = list
+            .into_iter()
+            .filter(|h| !all.iter().any(|a| a.eq_ignore_ascii_case(h)))
+            .collect();
+        let text = if extra.is_empty() {
+            "rmilter oversigns them (and more) by default".to_string()
+        } else {
+            format!(
+                "signing.oversign_headers: rmilter's default list plus {}",
+                extra.join(", ")
+            )
+        };
+        if extra.is_empty() {
+            cx.add(D, s.info.name, s.at(), Status::NotNeeded, text);
+        } else {
+            all.extend(extra);
+            cx.plan.oversign_headers = Some((all, format!("{} OversignHeaders", s.at())));
+            cx.add(D, s.info.name, s.at(), Status::Translated, text);
         }
     }
     Ok(())
@@ -436,15 +436,14 @@ pub(super) fn host_entry(entry: &str) -> Result<Vec<String>, String> {
         return Ok(vec![ipnet::IpNet::from(ip).to_string()]);
     }
     // a.b.c.d/255.255.255.0
-    if let Some((addr, mask)) = e.split_once('/') {
-        if let (Ok(addr), Ok(mask)) = (
+    if let Some((addr, mask)) = e.split_once('/')
+        && let (Ok(addr), Ok(mask)) = (
             addr.parse::<std::net::Ipv4Addr>(),
             mask.parse::<std::net::Ipv4Addr>(),
-        ) {
-            if let Ok(net) = ipnet::Ipv4Net::with_netmask(addr, mask) {
-                return Ok(vec![net.trunc().to_string()]);
-            }
-        }
+        )
+        && let Ok(net) = ipnet::Ipv4Net::with_netmask(addr, mask)
+    {
+        return Ok(vec![net.trunc().to_string()]);
     }
     Err(format!(
         "host name {e:?}: rmilter matches client addresses only; list its addresses in outbound.networks"

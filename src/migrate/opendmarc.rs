@@ -193,28 +193,28 @@ pub fn translate(c: &ConfFile, dkim: Option<&ConfFile>, cx: &mut Ctx) -> Result<
         dns_timeout(s, cx)?;
     }
 
-    if let Some(s) = c.get("IgnoreHosts") {
-        if let Some(hosts) = host_list(s, &base, cx)? {
-            let signed = cx
-                .plan
-                .networks
-                .as_ref()
-                .map(|(n, _)| n.clone())
-                .unwrap_or_default();
-            let extra: Vec<String> = hosts.into_iter().filter(|h| !signed.contains(h)).collect();
-            if extra.is_empty() {
-                cx.add(
-                    D,
-                    s.info.name,
-                    s.at(),
-                    Status::Translated,
-                    "outbound.networks (already listed there)",
-                );
-            } else {
-                cx.add(D, s.info.name, s.at(), Status::Differs, format!(
+    if let Some(s) = c.get("IgnoreHosts")
+        && let Some(hosts) = host_list(s, &base, cx)?
+    {
+        let signed = cx
+            .plan
+            .networks
+            .as_ref()
+            .map(|(n, _)| n.clone())
+            .unwrap_or_default();
+        let extra: Vec<String> = hosts.into_iter().filter(|h| !signed.contains(h)).collect();
+        if extra.is_empty() {
+            cx.add(
+                D,
+                s.info.name,
+                s.at(),
+                Status::Translated,
+                "outbound.networks (already listed there)",
+            );
+        } else {
+            cx.add(D, s.info.name, s.at(), Status::Differs, format!(
                     "{} not in OpenDKIM's InternalHosts: rmilter verifies their mail (add them to outbound.networks to sign it instead)",
                     extra.join(", ")));
-            }
         }
     }
 

@@ -93,12 +93,12 @@ fn is_old(entry: &str, sockets: &[(Option<u16>, Option<String>)]) -> bool {
         return true;
     }
     for (port, path) in sockets {
-        if let Some(port) = port {
-            if let Some(p) = addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) {
-                if lower.starts_with("inet") && p == *port {
-                    return true;
-                }
-            }
+        if let Some(port) = port
+            && let Some(p) = addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok())
+            && lower.starts_with("inet")
+            && p == *port
+        {
+            return true;
         }
         if let Some(path) = path {
             let entry_path = addr
