@@ -263,11 +263,16 @@ fn cases(domains: &BTreeSet<String>) -> Vec<(Envelope, Vec<u8>, String)> {
 }
 
 /// One corpus entry: migrate, check-config, and (when it signs) the differential signing test.
-fn run_corpus(name: &str) {
-    run_set_up(name, Rendered::new(name));
+fn run_corpus(name: &str, expected_exit: i32) {
+    assert_eq!(
+        run_set_up(name, Rendered::new(name)),
+        expected_exit,
+        "{name}: exit code"
+    );
 }
 
-fn run_set_up(name: &str, r: Rendered) {
+/// Returns migrate's exit code (with the key files in place).
+fn run_set_up(name: &str, r: Rendered) -> i32 {
     let (code, json, all) = r.migrate();
     assert!(code == 0 || code == 1, "{name}: migrate exit {code}: {all}");
     // Make the key files the configuration names, then migrate again with them in place.
@@ -287,7 +292,7 @@ fn run_set_up(name: &str, r: Rendered) {
     );
 
     if keys.is_empty() {
-        return;
+        return code;
     }
     // Differential signing: OpenDKIM on the original files, rmilter on the migrated one.
     let conf = std::fs::read_to_string(r.opendkim_conf().unwrap()).unwrap();
@@ -347,32 +352,36 @@ fn run_set_up(name: &str, r: Rendered) {
         "{name}: the migrated configuration signed nothing"
     );
     milter.stop().unwrap();
+    code
 }
 
+/// `test => directory, exit code`: 0 when nothing behaves differently; 1 when the report lists
+/// differences, or key files rmilter refuses until the printed commands run (every set-up
+/// with keys here: the test's key files belong to root, not to an rmilter user).
 macro_rules! corpus {
-    ($($test:ident => $dir:literal),* $(,)?) => {
+    ($($test:ident => $dir:literal, $exit:literal),* $(,)?) => {
         $(
             #[test]
             fn $test() {
-                run_corpus($dir);
+                run_corpus($dir, $exit);
             }
         )*
     };
 }
 
 corpus! {
-    debian_stock => "debian-stock",
-    debian_simple => "debian-simple",
-    debian_simple_verify => "debian-simple-verify",
-    upstream_samples => "upstream-samples",
-    docker_mailserver => "docker-mailserver",
-    mail_in_a_box => "mail-in-a-box",
-    modoboa_installer => "modoboa-installer",
-    mailserver_ansible_role => "mailserver-ansible-role",
-    galaxyproject_ansible => "galaxyproject-ansible",
-    oefenweb_ansible => "oefenweb-ansible",
-    instrumentisto_docker => "instrumentisto-docker",
-    canonical_operator => "canonical-operator",
+    debian_stock => "debian-stock", 0,
+    debian_simple => "debian-simple", 1,
+    debian_simple_verify => "debian-simple-verify", 1,
+    upstream_samples => "upstream-samples", 1,
+    docker_mailserver => "docker-mailserver", 1,
+    mail_in_a_box => "mail-in-a-box", 1,
+    modoboa_installer => "modoboa-installer", 1,
+    mailserver_ansible_role => "mailserver-ansible-role", 1,
+    galaxyproject_ansible => "galaxyproject-ansible", 1,
+    oefenweb_ansible => "oefenweb-ansible", 1,
+    instrumentisto_docker => "instrumentisto-docker", 0,
+    canonical_operator => "canonical-operator", 1,
 }
 
 /// The corpus has at least 12 working set-ups, each with an ORIGIN.
@@ -505,5 +514,5 @@ fn relay_rules_sign_like_opendkim() {
     let config = json["config"].as_str().unwrap_or_default();
     assert!(config.contains("[[signing.rule]]"), "{config}\n{all}");
     assert!(config.contains("rule_match = \"all\""), "{config}");
-    run_set_up("relay", r);
+    assert_eq!(run_set_up("relay", r), 1);
 }
