@@ -516,3 +516,124 @@ fn relay_rules_sign_like_opendkim() {
     assert!(config.contains("rule_match = \"all\""), "{config}");
     assert_eq!(run_set_up("relay", r), 1);
 }
+
+/// The switch itself, with mail flowing: a private Postfix signs through OpenDKIM (the
+/// docker-mailserver files) while a client keeps submitting; rmilter starts on the migrated
+/// file, the printed kind of `postconf -e` change points Postfix at it, `postfix reload`.
+/// Every submitted message is delivered, each with exactly the signature it had before.
+#[test]
+fn live_switch_from_opendkim_loses_and_leaves_unsigned_nothing() {
+    use common::postfix::{Postfix, PostfixConfig, WAIT};
+    use common::smtp::{Client, Submission};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let r = Rendered::new("docker-mailserver");
+    let (_, json, _) = r.migrate();
+    let keys = keys_of(json["config"].as_str().unwrap());
+    for (_, _, file) in &keys {
+        make_key(file);
+    }
+    let (_, json, _) = r.migrate();
+    let config = json["config"].as_str().unwrap().to_string();
+    let opendkim =
+        OpenDkim::from_conf(&std::fs::read_to_string(r.opendkim_conf().unwrap()).unwrap());
+    let milter = TestMilter::start_toml(&for_test_milter(&config));
+    let pf = Postfix::start(PostfixConfig::with_milters(&opendkim.milter()));
+
+    let stop = AtomicBool::new(false);
+    let submitted = std::thread::scope(|scope| {
+        let client = scope.spawn(|| {
+            let mut n = 0usize;
+            while !stop.load(Ordering::SeqCst) || n < 20 {
+                let domain = if n % 2 == 0 {
+                    "example.com"
+                } else {
+                    "example.net"
+                };
+                let from = format!("alice@{domain}");
+                let msg = common::message(
+                    &format!("Alice <{from}>"),
+                    &format!("switch {n}"),
+                    "Hello.\r\n",
+                );
+                let o = pf.submit(&Submission::new(
+                    Client::Internal,
+                    &from,
+                    &["bob@remote.test"],
+                    &msg,
+                ));
+                assert!(
+                    o.accepted(),
+                    "message {n} refused during the switch: {o:?}\n{}",
+                    pf.diag()
+                );
+                n += 1;
+            }
+            n
+        });
+        // Let mail flow through OpenDKIM first, then switch as the report says.
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let rmilter = format!("inet:{}", milter.inet_addr());
+        let out = Command::new("postconf")
+            .arg("-c")
+            .arg(pf.config_dir())
+            .arg("-e")
+            .arg(format!("smtpd_milters = {rmilter}"))
+            .arg(format!("non_smtpd_milters = {rmilter}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "postconf: {out:?}");
+        let out = Command::new("/usr/sbin/postfix")
+            .arg("-c")
+            .arg(pf.config_dir())
+            .arg("reload")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "postfix reload: {out:?}");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        stop.store(true, Ordering::SeqCst);
+        client.join().unwrap()
+    });
+    let delivered = pf.sink().wait_for(submitted, WAIT);
+    assert_eq!(delivered.len(), submitted, "lost mail:\n{}", pf.diag());
+    let mut by_rmilter = 0;
+    for d in &delivered {
+        let sigs = signatures(&d.data);
+        let domain = if d.mail_from.ends_with("example.com") {
+            "example.com"
+        } else {
+            "example.net"
+        };
+        assert_eq!(
+            sigs,
+            BTreeSet::from([(domain.to_string(), "mail".to_string())]),
+            "{}",
+            d.header_text()
+        );
+        let file = &keys.iter().find(|(kd, _, _)| kd == domain).unwrap().2;
+        for sig in common::dkimpy::verify(
+            &d.data,
+            &[(format!("mail._domainkey.{domain}"), dns_value(file))],
+        ) {
+            assert!(sig.pass, "dkimpy: {}", sig.detail);
+        }
+        // Who signed: rmilter oversigns From (h= names it twice); this OpenDKIM does not.
+        let (fields, _) = drive::split_message(&d.data);
+        let h = fields
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(b"DKIM-Signature"))
+            .map(|(_, v)| String::from_utf8_lossy(v).replace(['\r', '\n', ' ', '\t'], ""))
+            .and_then(|v| common::dkim_tag(&v, "h"))
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if h.split(':').filter(|f| *f == "from").count() > 1 {
+            by_rmilter += 1;
+        }
+    }
+    assert!(submitted >= 20, "{submitted}");
+    assert!(
+        by_rmilter > 0 && by_rmilter < submitted,
+        "{by_rmilter} of {submitted} signed by rmilter: the switch did not happen with mail flowing"
+    );
+    milter.stop().unwrap();
+}
