@@ -413,7 +413,7 @@ fn results_display(value: &str) -> String {
     }
 }
 
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn outbound(
     runtime: &Runtime,
     login: Option<&str>,
@@ -496,6 +496,7 @@ fn outbound(
         );
         return (Action::Accept, Reply::Accept, None, None);
     }
+    let mut login_json = Value::Null;
     if let Some(login) = login
         && runtime.logins.enabled()
     {
@@ -506,6 +507,7 @@ fn outbound(
                     "login",
                     format!("{login} may send as {}: {why}", author.address),
                 );
+                login_json = json!({"login": login, "allowed": true, "why": why});
             }
             LoginVerdict::Refused(why) => {
                 let action = config.signing.logins.action;
@@ -584,6 +586,7 @@ fn outbound(
                     "signed": true,
                     "keys": key_list,
                     "rules": rules_json,
+                    "login": login_json,
                     "headers": names,
                     "signatures": signatures.iter().map(|s| s.value.clone()).collect::<Vec<_>>(),
                 }),

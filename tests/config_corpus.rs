@@ -254,3 +254,137 @@ fn unsafe_key_files_refuse_the_configuration() {
         )
     );
 }
+
+/// The signing-rules schema `rmilter migrate` emits: named and `%` keys,
+/// rules in order, rule_match, and the login table, validated into the
+/// typed configuration; `check-config` lists the rules and warns about a
+/// key no rule names.
+#[test]
+fn signing_rules_and_logins_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<PathBuf> = ["mail", "esp", "old"]
+        .iter()
+        .map(|s| {
+            rmilter::keys::generate(
+                dir.path(),
+                "example.com",
+                s,
+                rmilter::config::KeyAlgorithm::Ed25519,
+                0,
+            )
+            .unwrap()
+            .path
+        })
+        .collect();
+    let text = format!(
+        r#"
+[signing]
+rule_match = "all"
+
+[signing.logins]
+enabled = true
+own_domain = false
+action = "reject"
+
+[signing.logins.allow]
+"Alice@Example.com" = ["@Example.org", "Info@example.net", "*"]
+
+[[key]]
+name = "shared"
+domain = "%"
+domains = ["Example.NET", "example.net"]
+selector = "mail"
+file = "{}"
+
+[[key]]
+name = "relay"
+domain = "relay.example"
+selector = "esp"
+file = "{}"
+
+[[key]]
+domain = "example.com"
+selector = "old"
+file = "{}"
+
+[[key]]
+domain = "unused.example"
+selector = "old"
+file = "{}"
+
+[[signing.rule]]
+sender = "Alice@Example.COM"
+keys = ["relay", "Example.com"]
+
+[[signing.rule]]
+sender = "*@*.example.com"
+keys = ["shared"]
+"#,
+        keys[0].display(),
+        keys[1].display(),
+        keys[2].display(),
+        keys[2].display()
+    );
+    let file = dir.path().join("rmilter.toml");
+    std::fs::write(&file, &text).unwrap();
+    let c = config::load(Some(&file), &file, &Overrides::default()).unwrap();
+    assert_eq!(c.signing.rule_match, config::RuleMatch::All);
+    assert_eq!(c.signing.rules.len(), 2);
+    assert_eq!(c.signing.rules[0].sender.local.as_deref(), Some("alice"));
+    assert_eq!(
+        c.signing.rules[0].sender.domain,
+        config::DomainPattern::Exact("example.com".into())
+    );
+    assert_eq!(c.signing.rules[0].keys, ["relay", "example.com"]);
+    assert_eq!(
+        c.signing.rules[1].sender.domain,
+        config::DomainPattern::Subdomains("example.com".into())
+    );
+    assert_eq!(c.keys[0].name.as_deref(), Some("shared"));
+    assert_eq!(c.keys[0].domain, "%");
+    assert_eq!(c.keys[0].domains, ["example.net"]);
+    let logins = &c.signing.logins;
+    assert!(logins.enabled && !logins.own_domain);
+    assert_eq!(logins.action, config::Action::Reject);
+    assert_eq!(
+        logins.allow,
+        [(
+            "alice@example.com".to_string(),
+            vec![
+                "example.org".to_string(),
+                "info@example.net".to_string(),
+                "*".to_string()
+            ]
+        )]
+    );
+    // --key replaces the key table and the rules with it.
+    let over = Overrides {
+        keys: vec![format!("example.com:mail:{}", keys[0].display())],
+        ..Default::default()
+    };
+    assert!(
+        config::load(Some(&file), &file, &over)
+            .unwrap()
+            .signing
+            .rules
+            .is_empty()
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rmilter"))
+        .args(["check-config", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for line in [
+        "  signing rules 2 (rule_match = all)",
+        "  rule          signing.rule[0] sender=Alice@Example.COM keys=[relay, example.com]",
+        "  rule          signing.rule[1] sender=*@*.example.com keys=[shared]",
+        "  logins        own_domain=false sender_login_maps=none allow=1 action=reject",
+        "  key           d=% s=mail a=ed25519-sha256 bits=256 file=",
+        "  warning       key unused.example (s=old) never signs: no [[signing.rule]] names it",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
+    }
+}

@@ -211,7 +211,9 @@ fn sender_domain_keys_are_checked_at_each_known_domain() {
              domains = [\"a.example\"]\n\n\
              [[signing.rule]]\nsender = \"*@b.example\"\nkeys = [\"shared\"]\n\n\
              [[signing.rule]]\nsender = \"*\"\nkeys = [\"shared\"]\n\n\
+             [[key]]\ndomain = \"idle.example\"\nselector = \"mail\"\nfile = \"{}\"\n\n\
              [dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\n",
+            keys.keys[0].path.display(),
             keys.keys[0].path.display(),
             dns.addr()
         ),
@@ -272,4 +274,8 @@ fn sender_domain_keys_are_checked_at_each_known_domain() {
         "{text}"
     );
     assert!(text.contains(&format!("! {note}")), "{text}");
+    assert!(
+        text.contains("! key[1] (idle.example s=mail) never signs: no [[signing.rule]] names it"),
+        "{text}"
+    );
 }

@@ -336,3 +336,81 @@ async fn login_refusal_can_reject_and_is_off_by_default() {
         ["customer-b.example/mail"]
     );
 }
+
+/// Through a real Postfix with SMTP AUTH (Cyrus sasldb): a login signs for
+/// the domain Postfix's sender-login map gives it, is refused (550 after
+/// DATA) for another customer's domain, and mail from the internal network
+/// (no login) is signed for any sender.
+#[test]
+fn real_postfix_logins_sign_only_their_domains() {
+    use common::postfix::{Postfix, PostfixConfig};
+    use common::smtp::{Client, Submission};
+    let keys = keys();
+    let map_dir = tempfile::tempdir().unwrap();
+    let map = map_dir.path().join("sender_login");
+    std::fs::write(&map, "@customer-a.example alice\n@customer-b.example bob\n").unwrap();
+    let milter = TestMilter::start_toml(&format!(
+        "[outbound]\nnetworks = [\"10.0.0.0/8\"]\n\
+         [signing.logins]\nenabled = true\naction = \"reject\"\nsender_login_maps = \"{}\"\n\
+         {LOGIN_KEYS}\n{}",
+        map.display(),
+        key_toml(&keys)
+    ));
+    let pf = Postfix::start(PostfixConfig {
+        sasl_users: vec![("alice".into(), "wonderland".into())],
+        extra_main_cf: vec![("relay_domains".into(), "example.org".into())],
+        ..PostfixConfig::with_milters(&milter.postfix_spec())
+    });
+    let to = ["bob@example.org"];
+    let send = |client: Client, from: &str, tag: &str| {
+        pf.submit(&Submission::new(
+            client,
+            from,
+            &to,
+            &message(from, tag, "Through Postfix.\r\n"),
+        ))
+    };
+    let alice = || Client::authenticated("alice", "wonderland");
+    let own = send(alice(), "alice@customer-a.example", "own");
+    assert!(own.accepted(), "{own:?}\n{}", pf.diag());
+    let other = send(alice(), "ceo@customer-b.example", "other");
+    assert_eq!((other.stage, other.code), ("eom", 550), "{other:?}");
+    assert!(
+        other
+            .text
+            .contains("login alice may not send as ceo@customer-b.example"),
+        "{other:?}"
+    );
+    let internal = send(
+        Client::external("10.1.2.3", "desk.corp.example"),
+        "ceo@customer-b.example",
+        "internal",
+    );
+    assert!(internal.accepted(), "{internal:?}\n{}", pf.diag());
+
+    let delivered = pf.sink().wait_for(2, std::time::Duration::from_secs(30));
+    assert_eq!(delivered.len(), 2, "{}", pf.diag());
+    for m in &delivered {
+        let text = String::from_utf8_lossy(&m.data).to_string();
+        let domain = if text.contains("Subject: own") {
+            "customer-a.example"
+        } else {
+            "customer-b.example"
+        };
+        let results = dkimpy::verify(&m.data, &dns(&keys, &[domain]));
+        assert_eq!(results.len(), 1, "{}", m.header_text());
+        assert!(results[0].pass, "{}", results[0].detail);
+        assert_eq!(
+            (results[0].d.as_str(), results[0].s.as_str()),
+            (domain, "mail")
+        );
+    }
+    assert_eq!(
+        milter
+            .state
+            .metrics()
+            .signing_refused
+            .load(Ordering::Relaxed),
+        1
+    );
+}

@@ -140,6 +140,45 @@ impl Config {
         ))
     }
 
+    /// With `[[signing.rule]]` rows: the `[[key]]` rows (static and
+    /// managed) no rule reaches, which never sign, as messages.
+    pub fn keys_no_rule_reaches(&self) -> Vec<String> {
+        if self.signing.rules.is_empty() {
+            return Vec::new();
+        }
+        let names: Vec<&str> = self
+            .keys
+            .iter()
+            .filter_map(|k| k.name.as_deref())
+            .chain(self.managed.iter().filter_map(|m| m.name.as_deref()))
+            .collect();
+        let reached = |name: Option<&str>, domain: &str| {
+            self.signing.rules.iter().any(|r| {
+                r.keys.iter().any(|k| {
+                    Some(k.as_str()) == name || (k == domain && !names.contains(&k.as_str()))
+                })
+            })
+        };
+        let mut out = Vec::new();
+        for k in &self.keys {
+            if !reached(k.name.as_deref(), &k.domain) {
+                out.push(format!(
+                    "{} ({} s={}) never signs: no [[signing.rule]] names it",
+                    k.origin, k.domain, k.selector
+                ));
+            }
+        }
+        for m in &self.managed {
+            if !reached(m.name.as_deref(), &m.domain) {
+                out.push(format!(
+                    "{} (managed {}) never signs: no [[signing.rule]] names it",
+                    m.origin, m.domain
+                ));
+            }
+        }
+        out
+    }
+
     /// The static key rows with each `%` key replaced by one row per
     /// domain it is known to sign for.
     pub fn keys_by_domain(&self) -> Vec<KeySpec> {

@@ -261,12 +261,14 @@ fn rotate(args: &RotateArgs) -> Result<ExitCode, Failure> {
 
 /// The DNS column of a row: the verdict, read for retired keys as what
 /// happened to the record.
-/// What cannot be checked: `%` keys whose domains are not all known.
+/// What the table cannot show: `%` keys whose domains are not all known,
+/// and keys no signing rule reaches (they never sign).
 fn notes(config: &Config) -> Vec<String> {
     config
         .keys
         .iter()
         .filter_map(|k| config.sender_domain_key_note(k))
+        .chain(config.keys_no_rule_reaches())
         .collect()
 }
 

@@ -11,13 +11,16 @@ use crate::config::LoginPolicy;
 use std::collections::HashMap;
 use std::path::Path;
 
+/// Sender key (lower case `user@domain`, `@domain`, or a bare `user`) →
+/// owner logins (lower case).
+type SenderMap = HashMap<String, Vec<String>>;
+
 /// The login policy with the sender-login map loaded.
 #[derive(Debug, Clone, Default)]
 pub struct LoginTable {
     policy: LoginPolicy,
-    /// Postfix map: sender key (lower case `user@domain`, `@domain`, or a
-    /// bare `user`) → owner logins (lower case).
-    map: HashMap<String, Vec<String>>,
+    /// Postfix's `smtpd_sender_login_maps`.
+    map: SenderMap,
     warnings: Vec<String>,
 }
 
@@ -29,14 +32,15 @@ pub enum LoginVerdict {
 }
 
 impl LoginTable {
-    /// Load the policy's map file (when named). Errors name the file and
-    /// line.
+    /// Load the policy's map file (when named and the policy is enabled).
+    /// Errors name the file and line.
     pub fn load(policy: &LoginPolicy) -> Result<LoginTable, String> {
         let mut table = LoginTable {
             policy: policy.clone(),
             ..LoginTable::default()
         };
-        if let Some(path) = &policy.sender_login_maps {
+        // Read only when it is used: a disabled policy never fails a load.
+        if let Some(path) = policy.sender_login_maps.as_ref().filter(|_| policy.enabled) {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
             let (map, warnings) = parse_map(path, &text)?;
@@ -117,10 +121,7 @@ impl LoginTable {
 /// format): `key value` lines, `#` comments, blank lines, and lines that
 /// start with white space continuing the previous one. Values are logins
 /// separated by commas and/or white space.
-fn parse_map(
-    path: &Path,
-    text: &str,
-) -> Result<(HashMap<String, Vec<String>>, Vec<String>), String> {
+fn parse_map(path: &Path, text: &str) -> Result<(SenderMap, Vec<String>), String> {
     let mut logical: Vec<(usize, String)> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim();
