@@ -545,7 +545,7 @@ fn live_switch_from_opendkim_loses_and_leaves_unsigned_nothing() {
         let client = scope.spawn(|| {
             let mut n = 0usize;
             while !stop.load(Ordering::SeqCst) || n < 20 {
-                let domain = if n % 2 == 0 {
+                let domain = if n.is_multiple_of(2) {
                     "example.com"
                 } else {
                     "example.net"
