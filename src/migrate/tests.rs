@@ -433,3 +433,75 @@ fn every_option_is_listed_once() {
     assert!(options::lookup(Daemon::Opendkim, "signingtable").is_some());
     assert!(options::lookup(Daemon::Opendmarc, "signingtable").is_none());
 }
+
+/// The socket from /etc/default/opendkim finds OpenDKIM's entry among other milters (the
+/// line easymail's installer writes); the others stay, in order.
+#[test]
+fn postfix_milter_found_by_default_file_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let conf = write(d, "etc/opendkim.conf", "Mode sv\n");
+    write(
+        d,
+        "etc/default/opendkim",
+        "SOCKET=\"inet:12301@localhost\"\n",
+    );
+    write(
+        d,
+        "postfix/main.cf",
+        "milter_default_action = accept\nsmtpd_milters = unix:/spamass/spamass.sock, inet:localhost:12301\nnon_smtpd_milters = unix:/spamass/spamass.sock, inet:localhost:12301\n",
+    );
+    write(d, "postfix/master.cf", "");
+    let m = migrate(&Inputs {
+        opendkim: Some(conf),
+        postfix_dir: Some(d.join("postfix")),
+        ..Inputs::default()
+    })
+    .unwrap();
+    assert_eq!(
+        m.postfix,
+        [
+            "postconf -e 'smtpd_milters = unix:/spamass/spamass.sock, unix:/run/rmilter/rmilter.sock' 'non_smtpd_milters = unix:/spamass/spamass.sock, unix:/run/rmilter/rmilter.sock'"
+        ]
+    );
+    assert!(
+        m.findings
+            .iter()
+            .any(|f| f.option == "Socket" && f.text.contains("sets SOCKET")),
+        "{:?}",
+        m.findings
+    );
+}
+
+/// A world-readable key owned by someone else gets the exact commands that make rmilter's
+/// key-file checks accept it.
+#[test]
+fn unsafe_key_file_gets_fix_commands() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = write(d, "keys/mail.private", "not read");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let conf = write(
+        d,
+        "opendkim.conf",
+        &format!(
+            "Domain example.com\nSelector mail\nKeyFile {}\n",
+            key.display()
+        ),
+    );
+    let m = run(Some(conf), None).unwrap();
+    let k = key.display();
+    assert!(
+        m.key_fixes.contains(&format!("chown root:rmilter {k}")),
+        "{:?}",
+        m.key_fixes
+    );
+    assert!(
+        m.key_fixes.contains(&format!("chmod 0640 {k}")),
+        "{:?}",
+        m.key_fixes
+    );
+    assert_eq!(m.exit_code(), 1);
+    assert!(render_report(&m, None).contains(&format!("  chmod 0640 {k}\n")));
+}
