@@ -637,3 +637,141 @@ fn live_switch_from_opendkim_loses_and_leaves_unsigned_nothing() {
     );
     milter.stop().unwrap();
 }
+
+/// OpenDMARC (Debian's package, on docker-mailserver's opendmarc.conf: RejectFailures true)
+/// and rmilter on the migrated file decide alike on an inbound set: SPF-aligned and
+/// unaligned mail from p=reject, p=quarantine, p=none and no-DMARC domains. Both resolve
+/// through the same loopback DNS server (OpenDMARC through a private /etc/resolv.conf in its
+/// own mount namespace).
+#[test]
+fn opendmarc_and_rmilter_decide_alike() {
+    use common::dns::{TestDns, Zone};
+    use indymilter_test::Status;
+
+    let r = Rendered::new("docker-mailserver");
+    std::fs::create_dir_all(r.path("var/run/opendmarc")).unwrap();
+    let (_, json, _) = r.migrate();
+    for (_, _, file) in keys_of(json["config"].as_str().unwrap()) {
+        make_key(&file);
+    }
+    let (_, json, all) = r.migrate();
+    let config = json["config"].as_str().unwrap_or_else(|| panic!("{all}"));
+
+    let mut zone = Zone::new();
+    for (d, p) in [
+        ("reject.example", Some("reject")),
+        ("quarantine.example", Some("quarantine")),
+        ("none.example", Some("none")),
+        ("nodmarc.example", None),
+    ] {
+        zone = zone.txt(d, "v=spf1 ip4:198.51.100.7 -all");
+        if let Some(p) = p {
+            zone = zone.txt(&format!("_dmarc.{d}"), &format!("v=DMARC1; p={p}"));
+        }
+    }
+    let dns = TestDns::start_on("127.53.0.1:53".parse().unwrap(), zone);
+
+    // rmilter on the migrated file, resolving through the test server.
+    let mut table: toml::Table = for_test_milter(config).parse().unwrap();
+    table.remove("report");
+    let mut dns_table = toml::Table::new();
+    dns_table.insert(
+        "nameservers".into(),
+        toml::Value::Array(vec![dns.addr().ip().to_string().into()]),
+    );
+    dns_table.insert("timeout".into(), "2s".into());
+    table.insert("dns".into(), toml::Value::Table(dns_table));
+    let milter = TestMilter::start_toml(&toml::to_string(&table).unwrap());
+
+    // OpenDMARC on the original file with the test's socket, in its own mount namespace.
+    let port = common::postfix::free_port();
+    let conf = format!(
+        "{}\nSocket inet:{port}@127.0.0.1\nPidFile {}\nBackground false\nUserID root\nSPFSelfValidate true\n",
+        std::fs::read_to_string(r.opendmarc_conf().unwrap()).unwrap(),
+        r.path("opendmarc.pid").display()
+    );
+    let conf_path = r.path("opendmarc-test.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let resolv = r.path("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.53.0.1\noptions timeout:2 attempts:1\n",
+    )
+    .unwrap();
+    let log = std::fs::File::create(r.path("opendmarc.out")).unwrap();
+    let mut child = Command::new("unshare")
+        .arg("-m")
+        .arg("sh")
+        .arg("-c")
+        .arg(format!(
+            "mount --bind {} /etc/resolv.conf && exec /usr/sbin/opendmarc -f -c {}",
+            resolv.display(),
+            conf_path.display()
+        ))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "opendmarc did not start: {}",
+            std::fs::read_to_string(r.path("opendmarc.out")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    let verdict = |s: &Status| match s {
+        Status::Reject { .. } => "reject",
+        Status::Tempfail { .. } => "tempfail",
+        Status::Discard => "discard",
+        _ => "accept",
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rejected = 0;
+    for d in [
+        "reject.example",
+        "quarantine.example",
+        "none.example",
+        "nodmarc.example",
+    ] {
+        for ip in ["198.51.100.7", "203.0.113.9"] {
+            let mut env = Envelope::inbound();
+            env.client_addr = format!("{ip}:41000").parse().unwrap();
+            env.helo = format!("mail.{d}");
+            env.client_name = format!("mail.{d}");
+            env.mail_from = format!("<alice@{d}>");
+            let msg = common::message(&format!("Alice <alice@{d}>"), "dmarc", "Hello.\r\n");
+            let (theirs, ours) = rt.block_on(async {
+                (
+                    drive::drive(addr, &env, &msg).await,
+                    drive::drive(milter.inet_addr(), &env, &msg).await,
+                )
+            });
+            let (a, b) = (verdict(&theirs.status), verdict(&ours.status));
+            assert_eq!(
+                a,
+                b,
+                "From {d} via {ip}: OpenDMARC {:?}, rmilter {:?}\n{}",
+                theirs.status,
+                ours.status,
+                std::fs::read_to_string(r.path("opendmarc.out")).unwrap_or_default()
+            );
+            if a == "reject" {
+                rejected += 1;
+            }
+        }
+    }
+    assert_eq!(
+        rejected, 1,
+        "only the unaligned p=reject message is rejected"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    milter.stop().unwrap();
+}
