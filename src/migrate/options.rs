@@ -607,7 +607,7 @@ pub fn markdown_table() -> String {
     let mut out = String::new();
     for daemon in [K, M] {
         out.push_str(&format!(
-            "| {} option | becomes | |\n|---|---|---|\n",
+            "| {} option | status | becomes |\n|---|---|---|\n",
             daemon.title()
         ));
         for opt in OPTIONS.iter().filter(|o| o.daemon == daemon) {
