@@ -56,6 +56,13 @@ pub enum Command {
     /// The daemon's own evaluation, run once; --dns answers lookups from a
     /// zone file instead of the configured resolvers.
     Explain(crate::explain::ExplainArgs),
+    /// Translate OpenDKIM's and OpenDMARC's configuration (and Postfix's
+    /// milter lines) into an rmilter.toml, with a report of every option.
+    ///
+    /// Prints the key-file fixes rmilter needs and the postconf lines that
+    /// switch Postfix. Exits 0 when nothing behaves differently, 1 when
+    /// differences are listed, 78 when input is unreadable or invalid.
+    Migrate(crate::migrate::MigrateArgs),
     /// Write the manual pages (rmilter.8, rmilter.toml.5) and the bash and
     /// zsh completions into DIR; used to build the package.
     #[command(hide = true)]

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod keys;
 pub mod manual;
 pub mod metrics;
+pub mod migrate;
 pub mod milter;
 pub mod report;
 pub mod runtime;

@@ -60,6 +60,7 @@ fn main() -> ExitCode {
         Command::Report(command) => rmilter::report::cli::main(command),
         Command::Doctor(args) => rmilter::doctor::main(args),
         Command::Explain(args) => rmilter::explain::main(args),
+        Command::Migrate(args) => rmilter::migrate::main(args),
         Command::Keys(KeysCommand::Lifecycle(command)) => keys::cli::run(command),
         Command::Manual(args) => match rmilter::manual::write_all(&args.out) {
             Ok(()) => ExitCode::SUCCESS,

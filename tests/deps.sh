@@ -4,6 +4,7 @@
 #   postfix, sasl2-bin, libsasl2-modules  the real-Postfix end-to-end tests
 #   python3-dkim                          dkimpy, the independent DKIM verifier
 #   opendkim, opendkim-tools, openssl     OpenDKIM, a second independent signer/verifier
+#   opendmarc                             OpenDMARC: its stock configuration for the migrate corpus, and its verdicts
 #   libxml2-utils                         xmllint, validates DMARC reports against the RFC 9990 schema
 #   postgresql                            a private PostgreSQL server for the shared report store tests
 #                                         (openssl also makes its test CA for TLS)
@@ -11,7 +12,7 @@
 #   debhelper, lintian                    build and check the Debian package (tests/package.rs)
 set -euo pipefail
 
-PKGS="postfix sasl2-bin libsasl2-modules python3-dkim opendkim opendkim-tools openssl libxml2-utils postgresql systemd debhelper lintian"
+PKGS="postfix sasl2-bin libsasl2-modules python3-dkim opendkim opendkim-tools openssl opendmarc libxml2-utils postgresql systemd debhelper lintian"
 
 missing=""
 for p in $PKGS; do

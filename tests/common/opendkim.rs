@@ -181,7 +181,22 @@ impl OpenDkim {
         std::fs::read_to_string(self.dir.path().join("opendkim.out")).unwrap_or_default()
     }
 
+    /// Runs a complete opendkim.conf as written (e.g. a migrate corpus file), with the socket,
+    /// pid file and foreground settings of the other instances appended (the last value wins)
+    /// and `UserID`, `AutoRestart` neutralised so the test owns exactly one process.
+    pub fn from_conf(conf: &str) -> OpenDkim {
+        OpenDkim::start_from(
+            &format!("{conf}\n# rmilter test overrides\nAutoRestart no\nUserID root\n"),
+            &[],
+            None,
+        )
+    }
+
     fn start(settings: &[(&str, String)], test_keys: Option<&str>) -> OpenDkim {
+        OpenDkim::start_from("", settings, test_keys)
+    }
+
+    fn start_from(base: &str, settings: &[(&str, String)], test_keys: Option<&str>) -> OpenDkim {
         assert!(
             Path::new(OPENDKIM).exists(),
             "{OPENDKIM} missing; install Debian's `opendkim` package"
@@ -193,7 +208,8 @@ impl OpenDkim {
                 .tempdir()
                 .unwrap();
             let port = free_port();
-            let mut conf = String::from("# OpenDKIM for rmilter's interoperability tests\n");
+            let mut conf = String::from(base);
+            conf.push_str("# OpenDKIM for rmilter's interoperability tests\n");
             for (k, v) in settings {
                 conf.push_str(&format!("{k} {v}\n"));
             }
