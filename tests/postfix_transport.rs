@@ -46,7 +46,7 @@ fn mail(tag: &str) -> Vec<u8> {
 /// Even rounds are signed (an authenticated client), odd ones verified
 /// (an outside client), so both directions' milter stages are crossed.
 fn send(pf: &Postfix, round: usize) -> Duration {
-    let client = if round % 2 == 0 {
+    let client = if round.is_multiple_of(2) {
         Client::authenticated("alice", "wonderland")
     } else {
         Client::external("198.51.100.7", "mail.elsewhere.example")
