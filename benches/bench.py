@@ -16,6 +16,21 @@ PY = "/usr/bin/python3"
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODES = ("verify", "sign-ed25519", "sign-rsa")
 SIZES = ("2k", "100k", "10m")
+# rmilter on a unix socket ("rmilter") and on inet:127.0.0.1:8891 ("rmilter-inet", what chrooted
+# Postfix setups use); the incumbents always on unix sockets
+INET = "inet:127.0.0.1:8891"
+IMPLS = ("rmilter", "rmilter-inet", "peer")
+
+
+def machine_busy(o):
+    """Share of the machine's CPUs busy over a measurement window (outside() record), 0..1."""
+    w = o.get("window_s") or 0
+    return o["busy_cpu_s"] / (w * (os.cpu_count() or 1)) if w else None
+
+
+# a loaded run (20 sessions, messages always waiting) on a machine less busy than this was
+# waiting on something other than CPU: a transport stall, a lock, a timer
+IDLE_BELOW = 0.85
 
 
 def log(*a):
@@ -285,7 +300,7 @@ class Bench:
                 os.unlink(os.path.join(self.run, f))
             except FileNotFoundError:
                 pass
-        if impl == "rmilter":
+        if impl.startswith("rmilter"):
             sock = f"{self.run}/rmilter/rmilter.sock"
             try:
                 os.unlink(sock)
@@ -294,17 +309,18 @@ class Bench:
             self.rlog = f"{self.root}/log/rmilter-{mode}.log"
             self.rlog_off = os.path.getsize(self.rlog) if os.path.exists(self.rlog) else 0
             lf = open(self.rlog, "a")
-            p = subprocess.Popen([self.a.rmilter, "run", "-c", f"{self.root}/etc/rmilter-{mode}.toml"],
-                                 stdin=subprocess.DEVNULL, stdout=lf, stderr=lf)
+            spec = INET if impl == "rmilter-inet" else "unix:" + sock
+            p = subprocess.Popen([self.a.rmilter, "run", "-c", f"{self.root}/etc/rmilter-{mode}.toml",
+                                  "--listen", spec], stdin=subprocess.DEVNULL, stdout=lf, stderr=lf)
             lf.close()
             self.procs.add("rmilter", p.pid, p)
             try:
-                sock_up("unix:" + sock)
+                sock_up(spec)
             except RuntimeError:
                 if p.poll() is not None:
                     raise RuntimeError(f"rmilter exited ({p.returncode}); see {self.root}/log/rmilter-{mode}.log")
                 raise
-            return ["unix:" + sock], {"rmilter": p.pid}
+            return [spec], {"rmilter": p.pid}
         pids, socks = {}, []
         dkim_conf = f"{self.root}/etc/opendkim-{mode}.conf"
         sock = f"{self.run}/opendkim/opendkim.sock"
@@ -341,7 +357,7 @@ class Bench:
 
     def rmilter_log_problems(self, impl):
         """WARN/ERROR lines rmilter logged during the last run (its log is per mode)."""
-        if impl != "rmilter":
+        if not impl.startswith("rmilter"):
             return []
         with open(self.rlog, "rb") as f:
             f.seek(self.rlog_off)
@@ -449,6 +465,8 @@ class Bench:
                "peak_rss_kib": rss, "peak_rss_kib_by_proc": {k: v.get("peak_rss_kib") for k, v in procs.items()},
                "milter_alive_after": alive, "quiet_wait_s": qw, "quiet": quiet, "outside": outside(c0, c1),
                "sessions": self.a.sessions}
+        rec["machine_busy"] = machine_busy(rec["outside"])
+        rec["idle_waiting"] = rec["machine_busy"] is not None and rec["machine_busy"] < IDLE_BELOW
         probs = self.rmilter_log_problems(impl)
         rec["rmilter_log_problems"] = len(probs)
         if probs:
@@ -655,6 +673,8 @@ class Bench:
                "cpu_ms_per_msg_by_proc": {k: 1000 * d(k) / n for k in lab},
                "milter_peak_rss_kib": sum((c1[k] or {}).get("hwm_kb", 0) for k in pids),
                "milter_alive_after": alive, "quiet_wait_s": qw, "quiet": quiet, "outside": outside(c0, c1)}
+        rec["machine_busy"] = machine_busy(rec["outside"])
+        rec["idle_waiting"] = rec["machine_busy"] is not None and rec["machine_busy"] < IDLE_BELOW
         probs = self.rmilter_log_problems(impl)
         rec["rmilter_log_problems"] = len(probs)
         if probs:
@@ -663,6 +683,101 @@ class Bench:
         if r.returncode != 0 or not drained or sent < n or rec["milter_reject"] or not all(alive.values()):
             self.failures.append(f"postfix {mode} {impl} rep {rep}: smtp-source rc={r.returncode} drained={drained} "
                                  f"sent={sent}/{n} milter-reject={rec['milter_reject']} alive={alive}")
+        self.emit(rec)
+
+    # --- one session: latency per stage ------------------------------------------------
+    def run_single(self, impl, mode, rep):
+        """milterload with one session (one message at a time, written like Postfix: one write per
+        packet, Nagle on): latency per milter stage, p50/p99."""
+        socks, pids = self.start_milters(impl, mode)
+        try:
+            n = 300 if self.a.quick else 2000
+            jpath = os.path.join(self.out, "milterload", f"single-2k-{mode}-{impl}-{rep}.json")
+            args = self.milterload_args(socks, mode, "2k", pids) + [
+                "--sessions", "1", "--count", str(n), "--warmup", "20", "--max-seconds", "30", "--json", jpath]
+            r = subprocess.run(args, capture_output=True, text=True, timeout=330)
+            if r.returncode != 0 or not os.path.exists(jpath):
+                raise RuntimeError(f"milterload failed (rc {r.returncode}): {' '.join(args)}\n{r.stderr[-2000:]}")
+            j = json.load(open(jpath))
+        finally:
+            self.stop_milters()
+        lat = {k: {"p50": v.get("p50"), "p99": v.get("p99")} for k, v in j["latency_ms"].items()
+               if isinstance(v, dict)}
+        rec = {"kind": "single", "size": "2k", "mode": mode, "impl": impl, "rep": rep,
+               "messages": j["messages"], "msgs_per_s": j["msgs_per_s"], "latency_ms": lat,
+               "errors": j.get("errors", 0)}
+        if rec["errors"]:
+            self.failures.append(f"single session {mode} {impl} rep {rep}: errors={rec['errors']}")
+        self.emit(rec)
+
+    def smtp_single(self, mode, n):
+        """n messages, one SMTP session each, one after another (the client writes each command in
+        one segment): end-of-message latency (final "." to the 250) per message, in ms."""
+        env = self.envelope(mode if mode != "baseline" else "verify")
+        data = open(f"{self.root}/msgs/{env['dir']}-2k.eml", "rb").read().replace(b"\r\n", b"\n")
+        data = data.replace(b"\n", b"\r\n").replace(b"\r\n.", b"\r\n..")
+        if not data.endswith(b"\r\n"):
+            data += b"\r\n"
+        eom, whole = [], []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            c = socket.create_connection(("127.0.0.1", 2525), timeout=60)
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            f = c.makefile("rb")
+
+            def reply():
+                while True:
+                    line = f.readline()
+                    if not line:
+                        raise RuntimeError("smtpd closed the connection")
+                    if line[3:4] != b"-":
+                        return line
+            reply()
+            for cmd in (f"EHLO {env['helo']}", f"MAIL FROM:<{env['mail_from']}>", f"RCPT TO:<{env['rcpt']}>", "DATA"):
+                c.sendall(cmd.encode() + b"\r\n")
+                line = reply()
+                if line[:1] not in (b"2", b"3"):
+                    raise RuntimeError(f"smtpd answered {cmd!r} with {line!r}")
+            t1 = time.perf_counter()
+            c.sendall(data + b".\r\n")
+            line = reply()
+            t2 = time.perf_counter()
+            if not line.startswith(b"250"):
+                raise RuntimeError(f"smtpd answered the message with {line!r}")
+            c.sendall(b"QUIT\r\n")
+            reply()
+            c.close()
+            eom.append(1000 * (t2 - t1))
+            whole.append(1000 * (t2 - t0))
+        return eom, whole
+
+    def run_single_postfix(self, impl, mode, rep):
+        """One SMTP session at a time through Postfix: end-of-message latency p50/p99."""
+        self.pflog = f"{self.root}/log/postfix.log"
+        pids, socks = {}, []
+        n = 100 if self.a.quick else 400
+        try:
+            if impl != "baseline":
+                socks, pids = self.start_milters(impl, mode)
+            subprocess.run(["postconf", "-c", f"{self.root}/postfix", "-e",
+                            "smtpd_milters = " + ", ".join(socks)], check=True, timeout=30)
+            subprocess.run(["postsuper", "-c", f"{self.root}/postfix", "-d", "ALL"], capture_output=True, timeout=60)
+            self.pf("start")
+            self.procs.add("postfix", read_pidfile(f"{self.root}/spool/pid/master.pid"))
+            sock_up("inet:127.0.0.1:2525")
+            self.start_sink(dump=False)
+            self.smtp_single(mode, 10)
+            eom, whole = self.smtp_single(mode, n)
+        finally:
+            self.procs.stop("smtp-sink")
+            if self.procs.pid("postfix"):
+                self.pf("stop", check=False)
+                self.procs.stop("postfix")
+            self.stop_milters()
+        q = lambda v, x: sorted(v)[min(len(v) - 1, int(x * len(v)))]
+        rec = {"kind": "single-postfix", "size": "2k", "mode": mode, "impl": impl, "rep": rep, "messages": n,
+               "eom_p50_ms": q(eom, 0.5), "eom_p99_ms": q(eom, 0.99), "session_p50_ms": q(whole, 0.5),
+               "msgs_per_s": n / (sum(whole) / 1000)}
         self.emit(rec)
 
     # --- the whole run -------------------------------------------------------------------
@@ -684,7 +799,8 @@ class Bench:
         for f in os.listdir(f"{self.root}/log"):
             open(os.path.join(self.root, "log", f), "w").close()
         self.start_infra()
-        impls = ("rmilter", "peer")
+        impls = tuple(i for i in IMPLS if i == "peer" or
+                      ("inet" if i == "rmilter-inet" else "unix") in a.transports)
 
         def alone():
             for rep in range(1, a.reps + 1):
@@ -695,6 +811,22 @@ class Bench:
                         order = impls if (rep + a.modes.index(mode)) % 2 else impls[::-1]
                         for impl in order:
                             self.run_alone(impl, mode, size, rep)
+
+        def single():
+            for rep in range(1, a.reps + 1):
+                for mode in a.modes:
+                    order = impls if (rep + a.modes.index(mode)) % 2 else impls[::-1]
+                    for impl in order:
+                        self.run_single(impl, mode, rep)
+
+        def single_postfix():
+            for rep in range(1, a.reps + 1):
+                self.run_single_postfix("baseline", "baseline", rep)
+                for mode in a.modes:
+                    order = impls if (rep + a.modes.index(mode)) % 2 else impls[::-1]
+                    for impl in order:
+                        self.run_single_postfix(impl, mode, rep)
+                self.run_single_postfix("baseline", "baseline", rep)
 
         def postfix():
             # the no-milter baseline opens and closes every repetition (drift shows; its median
@@ -712,9 +844,13 @@ class Bench:
                 log(f"== milter alone (milterload, {a.sessions} sessions): sizes {' '.join(a.sizes)}, "
                     f"modes {' '.join(a.modes)}, {a.reps} rep(s)")
                 self.phase("milter-alone", alone)
+                log(f"== one session (milterload --sessions 1, 2k): modes {' '.join(a.modes)}")
+                self.phase("single", single)
             else:
                 log("== milter alone: skipped (no milterload binary)")
             if a.postfix:
+                log("== one SMTP session at a time through Postfix (2k): end-of-message latency")
+                self.phase("single-postfix", single_postfix)
                 log(f"== through Postfix (2k, smtp-source {a.sessions} sessions x {a.pf_count} msgs)")
                 self.phase("postfix", postfix)
         finally:
@@ -786,7 +922,9 @@ def report(out):
                 "n": len(rs), "msgs": med([r["messages"] for r in rs]),
                 "bad": sum(1 for r in rs if r["errors"] or r["bad_replies"] or not all(r["milter_alive_after"].values())),
                 "outside": max(r["outside"]["outside_cpu_s"] for r in rs),
-                "busy": sum(1 for r in rs if r["outside"]["outside_cpu_s"] > 0.05 * r["outside"]["window_s"])}
+                "busy": sum(1 for r in rs if r["outside"]["outside_cpu_s"] > 0.05 * r["outside"]["window_s"]),
+                "machine": med([r.get("machine_busy") for r in rs]),
+                "idle": sum(1 for r in rs if r.get("idle_waiting"))}
     if alone:
         sess = alone[0]["sessions"]
         p(f"## Milter alone (milterload, {sess} concurrent sessions; medians over repetitions, peak RSS = max)")
@@ -808,6 +946,71 @@ def report(out):
                   f"{fmt(ratio(g(a, 'cpu'), g(b, 'cpu')), 3)} | {fmt(g(a, 'p99'), 1)} | {fmt(g(b, 'p99'), 1)} | "
                   f"{fmt(ratio(g(a, 'p99'), g(b, 'p99')))} | {fmt(g(a, 'rss'), 1)} | {fmt(g(b, 'rss'), 1)} | "
                   f"{fmt(ratio(g(a, 'rss'), g(b, 'rss')))} | {fmt(g(a, 'outside'), 1)} / {fmt(g(b, 'outside'), 1)} |")
+        p("")
+        if any(k[2] == "rmilter-inet" for k in M):
+            p(f"rmilter on `{INET}` against rmilter on its unix socket (same run). machine busy = share of all "
+              f"CPUs busy during the run; **idle** marks runs below {IDLE_BELOW:.0%} while {sess} sessions kept "
+              "messages waiting (time lost to something other than CPU: a transport stall, a lock, a timer).")
+            p("")
+            p("| size | mode | msgs/s unix | msgs/s inet | inet/unix | CPU ms/msg unix | CPU ms/msg inet | p99 ms unix | p99 ms inet | machine busy unix / inet |")
+            p("|---|---|---|---|---|---|---|---|---|---|")
+            for s_ in sizes:
+                for m in modes:
+                    a, b = M.get((s_, m, "rmilter")), M.get((s_, m, "rmilter-inet"))
+                    if not a or not b:
+                        continue
+                    mb = lambda x: (f"{x['machine']:.0%}" if x["machine"] is not None else "?") + \
+                        (f" **idle** ({x['idle']})" if x["idle"] else "")
+                    p(f"| {s_} | {m} | {fmt(a['msgs_per_s'], 0)} | {fmt(b['msgs_per_s'], 0)} | "
+                      f"{fmt(ratio(b['msgs_per_s'], a['msgs_per_s']))} | {fmt(a['cpu'], 3)} | {fmt(b['cpu'], 3)} | "
+                      f"{fmt(a['p99'], 1)} | {fmt(b['p99'], 1)} | {mb(a)} / {mb(b)} |")
+            p("")
+
+    single = [r for r in recs if r["kind"] == "single"]
+    if single:
+        S = {}
+        for r in single:
+            S.setdefault((r["mode"], r["impl"]), []).append(r)
+        stages = [st for st in ("connect", "helo", "mail", "rcpt", "data", "header", "eoh", "body", "eom", "total")
+                  if any(st in r["latency_ms"] and r["latency_ms"][st].get("p50") is not None for r in single)]
+        p("## One session (milterload --sessions 1, 2 KB, written like Postfix: one write per packet, Nagle on)")
+        p("")
+        p("Latency per milter stage, p50 / p99 ms (medians over repetitions); a stage rmilter answers "
+          "with no reply shows no figure, its time goes to the next answered stage.")
+        p("")
+        p("| mode | impl | msgs/s | " + " | ".join(stages) + " |")
+        p("|---|---|---|" + "---|" * len(stages))
+        for m in MODES:
+            for impl in IMPLS:
+                rs = S.get((m, impl))
+                if not rs:
+                    continue
+                cell = lambda st: (f"{fmt(med([r['latency_ms'].get(st, {}).get('p50') for r in rs]), 2)} / "
+                                   f"{fmt(med([r['latency_ms'].get(st, {}).get('p99') for r in rs]), 2)}")
+                p(f"| {m} | {impl} | {fmt(med([r['msgs_per_s'] for r in rs]), 0)} | " +
+                  " | ".join(cell(st) for st in stages) + " |")
+        p("")
+
+    sp = [r for r in recs if r["kind"] == "single-postfix"]
+    if sp:
+        SP = {}
+        for r in sp:
+            SP.setdefault((r["mode"], r["impl"]), []).append(r)
+        bl = med([r["eom_p50_ms"] for r in SP.get(("baseline", "baseline"), [])])
+        p("## One SMTP session at a time through Postfix (2 KB; end-of-message latency: final \".\" to 250)")
+        p("")
+        p("| mode | impl | reps × msgs | EOM p50 ms | EOM p99 ms | p50 over the no-milter baseline ms | msgs/s (whole sessions) |")
+        p("|---|---|---|---|---|---|---|")
+        for m in ("baseline",) + MODES:
+            for impl in ("baseline",) + IMPLS:
+                rs = SP.get((m, impl))
+                if not rs:
+                    continue
+                e50 = med([r["eom_p50_ms"] for r in rs])
+                p(f"| {m} | {impl} | {len(rs)}×{rs[0]['messages']} | {fmt(e50, 2)} | "
+                  f"{fmt(med([r['eom_p99_ms'] for r in rs]), 2)} | "
+                  f"{fmt(e50 - bl, 2) if impl != 'baseline' and bl is not None else '-'} | "
+                  f"{fmt(med([r['msgs_per_s'] for r in rs]), 0)} |")
         p("")
 
     pfr = [r for r in recs if r["kind"] == "postfix"]
@@ -833,10 +1036,13 @@ def report(out):
         p("")
         p("The ratio is paired: each run against the mean of its own repetition's baselines, then the median.")
         p("")
-        p("| mode | impl | reps × msgs | e2e msgs/s | ratio vs no-milter baseline | milter CPU ms/msg | Postfix CPU ms/msg | milter peak RSS MiB | outside CPU s max |")
-        p("|---|---|---|---|---|---|---|---|---|")
+        p(f"machine busy = share of all CPUs busy during the run (median); **idle** marks runs below "
+          f"{IDLE_BELOW:.0%} while {n0['sessions']} sessions kept messages waiting.")
+        p("")
+        p("| mode | impl | reps × msgs | e2e msgs/s | ratio vs no-milter baseline | milter CPU ms/msg | Postfix CPU ms/msg | milter peak RSS MiB | outside CPU s max | machine busy |")
+        p("|---|---|---|---|---|---|---|---|---|---|")
         for m in ("baseline",) + MODES:
-            for impl in ("baseline", "rmilter", "peer"):
+            for impl in ("baseline",) + IMPLS:
                 rs = P.get((m, impl))
                 if not rs:
                     continue
@@ -849,7 +1055,9 @@ def report(out):
                   f"{fmt(med([r['milter_cpu_ms_per_msg'] for r in rs]), 3) if impl != 'baseline' else '-'} | "
                   f"{fmt(med([r['cpu_ms_per_msg_by_proc'].get('postfix') for r in rs]), 3)} | "
                   f"{fmt(max(r['milter_peak_rss_kib'] for r in rs) / 1024, 1) if impl != 'baseline' else '-'} | "
-                  f"{fmt(max(r['outside']['foreign_cpu_s'] for r in rs), 1)} |")
+                  f"{fmt(max(r['outside']['foreign_cpu_s'] for r in rs), 1)} | "
+                  f"{fmt(100 * med([r.get('machine_busy') for r in rs]), 0) if med([r.get('machine_busy') for r in rs]) is not None else '?'} %"
+                  f"{' **idle** (' + str(sum(1 for r in rs if r.get('idle_waiting'))) + ')' if any(r.get('idle_waiting') for r in rs) else ''} |")
         p("")
 
     # targets
@@ -890,12 +1098,13 @@ def report(out):
             if b and s == "2k":
                 T.append(f"- info: RSA-2048 sign {s}: OpenDKIM CPU/msg {fmt(b['cpu'], 3)} ms = "
                          f"{fmt(b['cpu'] / rsa_raw)}× the raw signature; rmilter/OpenDKIM = {fmt(ratio(a['cpu'], b['cpu']), 3)}")
-    for m, lim in (("verify", 0.75), ("sign-ed25519", 0.75), ("sign-rsa", 0.65)):
-        rs = P.get((m, "rmilter"))
+    for (m, lim), impl in [(x, i) for i in ("rmilter", "rmilter-inet")
+                           for x in (("verify", 0.75), ("sign-ed25519", 0.75), ("sign-rsa", 0.65))]:
+        rs = P.get((m, impl))
         if rs and base:
             e, q = med([r["e2e_msgs_per_s"] for r in rs]), paired(rs)
             pq = paired(P.get((m, "peer"), []))
-            target(q is not None and q >= lim, f"Postfix 2k {m}: e2e rmilter {fmt(e, 0)} msgs/s vs its "
+            target(q is not None and q >= lim, f"Postfix 2k {m}: e2e {impl} {fmt(e, 0)} msgs/s vs its "
                    f"repetitions' no-milter baselines (median {fmt(base, 0)} msgs/s) = {fmt(q)} "
                    f"(paired median; target ≥ {lim}; peer: {fmt(pq)})")
     r2 = [(k, v) for k, v in M.items() if k[0] == "2k" and k[2] == "rmilter"]
@@ -928,9 +1137,9 @@ def report(out):
         p("| phase | wall s | machine busy CPU s | benchmark CPU s | outside CPU s (foreign processes) | unattributed CPU s | kernel threads CPU s | steal s | runs flagged busy |")
         p("|---|---|---|---|---|---|---|---|---|")
         for r in ph:
-            kind = "alone" if r["phase"] == "milter-alone" else "postfix"
+            kind = {"milter-alone": "alone", "single": "single", "single-postfix": "single-postfix"}.get(r["phase"], "postfix")
             runs = [x for x in recs if x["kind"] == kind]
-            busy = sum(1 for x in runs if x["outside"]["outside_cpu_s"] > 0.05 * x["outside"]["window_s"])
+            busy = sum(1 for x in runs if "outside" in x and x["outside"]["outside_cpu_s"] > 0.05 * x["outside"]["window_s"])
             p(f"| {r['phase']} | {r['wall_s']} | {r['busy_cpu_s']} | {r['bench_cpu_s']} | {r['foreign_cpu_s']} | "
               f"{r['unattributed_cpu_s']} | {r['kthread_cpu_s']} | {r['steal_s']} | {busy} of {len(runs)} |")
         p("")
@@ -996,6 +1205,7 @@ def main():
     r.add_argument("--pf-count", type=int, default=3000)
     r.add_argument("--quiet-wait", type=int, default=5)
     r.add_argument("--no-postfix", dest="postfix", action="store_false")
+    r.add_argument("--transports", default="unix inet", help="rmilter's sockets: unix, inet or both")
     r.add_argument("--quick", action="store_true")
     rp = sub.add_parser("report")
     rp.add_argument("dir")
@@ -1016,6 +1226,9 @@ def main():
         syslog_sink(a.sock, a.file)
         return
     a.sizes = a.sizes.split()
+    a.transports = a.transports.split()
+    if not a.transports or any(t not in ("unix", "inet") for t in a.transports):
+        sys.exit(f"unknown transport in {a.transports} (unix, inet)")
     a.modes = a.modes.split()
     bad = [s for s in a.sizes if s not in SIZES] + [m for m in a.modes if m not in MODES]
     if bad:

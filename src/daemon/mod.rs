@@ -250,6 +250,8 @@ pub fn reload(config_ref: &ConfigRef, state: &MilterState) {
             let keys = new.keys.len();
             let source = new.config.source.to_string();
             state.swap(new);
+            drop(old);
+            release_freed_memory();
             state.metrics().reload(true);
             info!(source, keys, "configuration reloaded");
         }
@@ -257,6 +259,20 @@ pub fn reload(config_ref: &ConfigRef, state: &MilterState) {
             state.metrics().reload(false);
             error!(error = %e, "reload refused; the running configuration stays in effect");
         }
+    }
+}
+
+/// Hand the pages the previous configuration freed back to the kernel.
+/// With thousands of keys and policies a reload builds the new configuration
+/// while the old one is still held; glibc keeps the freed memory in its
+/// arenas, so RSS stayed at the peak of every reload (80 MiB with 10,000
+/// keys and 10,000 policies, against 32 MiB after start).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
+    // touches no memory that is in use.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -207,22 +207,26 @@ impl Verifier {
             void_lookups: settings.spf_void_lookups,
             time: settings.spf_time_limit,
         };
-        let (spf_helo, spf_mail_from) = match input.client_ip {
-            Some(ip) => {
-                spf::verify(
-                    &self.spf_dns,
-                    &limits,
-                    ip,
-                    input.helo,
-                    input.mail_from,
-                    input.receiver,
-                )
-                .await
+        // SPF and DKIM do not depend on each other: their lookups run side
+        // by side, so a silent resolver costs one query timeout, not two.
+        let spf = async {
+            match input.client_ip {
+                Some(ip) => {
+                    spf::verify(
+                        &self.spf_dns,
+                        &limits,
+                        ip,
+                        input.helo,
+                        input.mail_from,
+                        input.receiver,
+                    )
+                    .await
+                }
+                None => (
+                    SpfOutcome::none(input.helo, "no client address"),
+                    SpfOutcome::none(&mail_from_domain(input), "no client address"),
+                ),
             }
-            None => (
-                SpfOutcome::none(input.helo, "no client address"),
-                SpfOutcome::none(&mail_from_domain(input), "no client address"),
-            ),
         };
         let author = &input.author.domain;
         let mut dmarc = DmarcVerdict {
@@ -237,6 +241,7 @@ impl Verifier {
             discovery: None,
         };
         let Some(mut message) = AuthenticatedMessage::parse(input.message) else {
+            let (spf_helo, spf_mail_from) = spf.await;
             dmarc.reason = "message could not be parsed".to_string();
             return Verdict {
                 dkim: Vec::new(),
@@ -253,13 +258,16 @@ impl Verifier {
         };
 
         let pre = dkim::prefilter(&mut message, author, settings.max_signatures);
-        let outputs = if input.truncated {
-            Vec::new()
-        } else {
-            self.authenticator
-                .verify_dkim(Parameters::new(&message).with_cache(&self.caches))
-                .await
+        let dkim = async {
+            if input.truncated {
+                Vec::new()
+            } else {
+                self.authenticator
+                    .verify_dkim(Parameters::new(&message).with_cache(&self.caches))
+                    .await
+            }
         };
+        let ((spf_helo, spf_mail_from), outputs) = tokio::join!(spf, dkim);
         let mut verdicts = pre.verdicts;
         let verified = if input.truncated {
             message
@@ -297,6 +305,31 @@ impl Verifier {
             })
             .collect();
         verdicts.extend(verified);
+        // Every lookup of this message timed out (SPF for both identities and
+        // every DKIM key): the resolver is silent, and the DMARC lookups would
+        // only wait one more timeout for the same answer. No mechanism can
+        // pass, so no verdict (RFC 9989 §5.3.6: temperror) without waiting.
+        let silent = |reason: &str| reason.contains("timed out");
+        if input.client_ip.is_some()
+            && silent(&spf_helo.reason)
+            && silent(&spf_mail_from.reason)
+            && verdicts.iter().all(|v| silent(&v.reason))
+        {
+            dmarc.status = DmarcStatus::TempError;
+            dmarc.reason = "every DNS lookup timed out".to_string();
+            return Verdict {
+                dkim: verdicts,
+                dkim_skipped: pre.skipped,
+                spf_helo,
+                spf_mail_from,
+                arc: ArcVerdict {
+                    status: "none",
+                    sealer: None,
+                    sealer_results: None,
+                },
+                dmarc,
+            };
+        }
 
         let arc = if settings.arc && !message.arc_seals().is_empty() {
             let out = self

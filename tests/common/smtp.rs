@@ -162,8 +162,9 @@ impl Conn {
     }
 
     fn command(&mut self, cmd: &str) -> std::io::Result<(u16, String)> {
-        self.writer.write_all(cmd.as_bytes())?;
-        self.writer.write_all(b"\r\n")?;
+        // One write: a command split over two small segments would wait
+        // for the server's delayed ACK (Nagle), 40 ms per command.
+        self.writer.write_all(format!("{cmd}\r\n").as_bytes())?;
         self.reply()
     }
 }

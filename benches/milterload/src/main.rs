@@ -161,6 +161,13 @@ struct Cli {
     #[arg(long = "timeout-ms", value_name = "T", default_value_t = 30000)]
     timeout_ms: u64,
 
+    /// Set TCP_NODELAY on inet milter sockets and write everything queued before a reply
+    /// in one write. Without it milterload writes like Postfix: one write per milter packet,
+    /// Nagle's algorithm left on (Postfix never sets TCP_NODELAY), so a milter whose side
+    /// delays its ACKs shows the stall Postfix would see.
+    #[arg(long = "tcp-nodelay")]
+    tcp_nodelay: bool,
+
     /// Processes to measure: LABEL=PID[,PID...] (repeatable). Reports CPU seconds
     /// (utime+stime of the processes, their threads and descendants) during the measured
     /// phase, CPU ms per message, and peak RSS (VmHWM after a reset via clear_refs when
@@ -336,6 +343,7 @@ fn build(cli: &Cli) -> Result<Config, String> {
             chunk: cli.chunk,
             timeout: Duration::from_millis(cli.timeout_ms),
             per_connection: cli.per_connection,
+            tcp_nodelay: cli.tcp_nodelay,
             trace: cli.check,
         },
         messages,

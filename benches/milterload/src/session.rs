@@ -78,6 +78,9 @@ pub struct Options {
     pub chunk: usize,
     pub timeout: Duration,
     pub per_connection: u32,
+    /// TCP_NODELAY and one write per batch; false: like Postfix (Nagle on, one write per
+    /// packet).
+    pub tcp_nodelay: bool,
     /// Record a human-readable trace of every event (for --check).
     pub trace: bool,
 }
@@ -270,6 +273,8 @@ struct Conn {
     writer: Stream,
     reader: BufReader<Stream>,
     wbuf: Vec<u8>,
+    /// One write(2) per milter packet, as Postfix's milter8_write_cmd does.
+    per_packet: bool,
     neg: Negotiated,
     state: State,
     /// Macro names per stage: the milter's own list from OPTNEG, or Postfix's defaults.
@@ -347,7 +352,7 @@ impl MacroValues<'_> {
     }
 }
 
-fn open(spec: &MilterSpec, timeout: Duration) -> Result<Stream, Failure> {
+fn open(spec: &MilterSpec, timeout: Duration, nodelay: bool) -> Result<Stream, Failure> {
     let fail = |e: io::Error| Failure {
         kind: "connect",
         detail: format!("{}: connect: {e}", spec.spec),
@@ -355,7 +360,7 @@ fn open(spec: &MilterSpec, timeout: Duration) -> Result<Stream, Failure> {
     let s = match &spec.endpoint {
         Endpoint::Inet(addr) => {
             let s = TcpStream::connect_timeout(addr, timeout).map_err(fail)?;
-            s.set_nodelay(true).map_err(fail)?;
+            s.set_nodelay(nodelay).map_err(fail)?;
             s.set_read_timeout(Some(timeout)).map_err(fail)?;
             s.set_write_timeout(Some(timeout)).map_err(fail)?;
             Stream::Tcp(s)
@@ -372,8 +377,8 @@ fn open(spec: &MilterSpec, timeout: Duration) -> Result<Stream, Failure> {
 
 impl Conn {
     /// Connect and negotiate options (SMFIC_OPTNEG with Postfix's masks).
-    fn establish(spec: &MilterSpec, timeout: Duration) -> Result<Conn, Failure> {
-        let writer = open(spec, timeout)?;
+    fn establish(spec: &MilterSpec, timeout: Duration, nodelay: bool) -> Result<Conn, Failure> {
+        let writer = open(spec, timeout, nodelay)?;
         let reader = BufReader::with_capacity(
             16 * 1024,
             writer
@@ -385,6 +390,7 @@ impl Conn {
             writer,
             reader,
             wbuf: Vec::with_capacity(8192),
+            per_packet: !nodelay,
             neg: Negotiated {
                 version: 0,
                 actions: 0,
@@ -433,7 +439,22 @@ impl Conn {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        let r = self.writer.write_all(&self.wbuf);
+        let r = if self.per_packet {
+            // Packets are length-prefixed (4 bytes, big endian): write them one by one.
+            let mut rest = &self.wbuf[..];
+            let mut r = Ok(());
+            while !rest.is_empty() && r.is_ok() {
+                let len = rest
+                    .get(..4)
+                    .map_or(rest.len(), |l| 4 + u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+                    .min(rest.len());
+                r = self.writer.write_all(&rest[..len]);
+                rest = &rest[len..];
+            }
+            r
+        } else {
+            self.writer.write_all(&self.wbuf)
+        };
         self.wbuf.clear();
         r.map_err(|e| Failure::io(&self.name, "write", e))
     }
@@ -670,7 +691,7 @@ impl<'a> Session<'a> {
         // milter_conn_event: milters in order, stopping at the first non-continue reply.
         for i in 0..opts.milters.len() {
             let t0 = Instant::now();
-            let conn = Conn::establish(&opts.milters[i], opts.timeout)?;
+            let conn = Conn::establish(&opts.milters[i], opts.timeout, opts.tcp_nodelay)?;
             self.conns[i] = Some(conn);
             if opts.trace {
                 let n = self.conns[i].as_ref().unwrap().neg.clone();
