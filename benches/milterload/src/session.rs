@@ -446,7 +446,9 @@ impl Conn {
             while !rest.is_empty() && r.is_ok() {
                 let len = rest
                     .get(..4)
-                    .map_or(rest.len(), |l| 4 + u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+                    .map_or(rest.len(), |l| {
+                        4 + u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize
+                    })
                     .min(rest.len());
                 r = self.writer.write_all(&rest[..len]);
                 rest = &rest[len..];
