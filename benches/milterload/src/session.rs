@@ -1332,6 +1332,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             per_connection: 2,
             trace: true,
+            tcp_nodelay: false,
         }
     }
 
