@@ -42,9 +42,13 @@ pub fn authenticator(settings: &DnsSettings) -> anyhow::Result<MessageAuthentica
             ResolverOpts::default(),
         )
     };
-    opts.timeout = settings.timeout;
+    // `dns.timeout` bounds one query with all its tries, so that no message
+    // waits longer than that for a resolver that stopped answering: each
+    // try gets its share (hickory's timeout is per try).
+    let tries = settings.attempts.max(1);
+    opts.timeout = settings.timeout / tries as u32;
     // hickory counts retries after the first try; `dns.attempts` counts tries.
-    opts.attempts = settings.attempts.saturating_sub(1);
+    opts.attempts = tries - 1;
     // Mail authentication asks the DNS, never /etc/hosts.
     opts.use_hosts_file = mail_auth::hickory_resolver::config::ResolveHosts::Never;
     opts.cache_size = settings.cache_size as u64;

@@ -197,10 +197,12 @@ async fn resolver_down_then_back() {
     // Outbound signing and inbound verification in one milter.
     let timeout = Duration::from_secs(1);
     let milter = TestMilter::start_toml(&format!(
-        "authserv_id = \"mx.example.org\"\n[verify]\ntime_budget = \"10s\"\nspf_time_limit = \"5s\"\n[dns]\nnameservers = [\"{addr}\"]\ntimeout = \"1s\"\nattempts = 1\ncache_size = 0\n{}",
+        "authserv_id = \"mx.example.org\"\n[verify]\ntime_budget = \"10s\"\nspf_time_limit = \"5s\"\n[dns]\nnameservers = [\"{addr}\"]\ntimeout = \"1s\"\nattempts = 2\ncache_size = 0\n{}",
         keys.toml()
     ));
     drop(dns);
+    // dns.timeout bounds one query with all its tries (two here, the
+    // default), so no lookup waits longer than it.
     // The first messages (two at once, signed: SPF, DKIM and DMARC would
     // each wait) get their 451 within one query timeout plus a second:
     // independent lookups wait side by side, and once all of a message's
