@@ -10,6 +10,7 @@
 //! exactly as often as needed and never with a new identity ([`send`]).
 
 pub mod cli;
+pub mod failure;
 pub mod generate;
 pub mod send;
 pub mod sink;
