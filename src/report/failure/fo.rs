@@ -1,0 +1,52 @@
+//! The RFC 9991 `fo=` failure-reporting options: which failing messages a
+//! domain owner wants failure reports about.
+
+use super::FailureSample;
+
+/// Whether `sample` warrants a report under `fo` (colon-separated options;
+/// unknown options are ignored, and with no known option the default `0`
+/// applies).
+pub fn wanted(fo: &str, sample: &FailureSample) -> bool {
+    let mut known = false;
+    let mut want = false;
+    for opt in fo.split(':').map(str::trim) {
+        let this = match opt {
+            // RFC 9991 §3: "0" — all underlying mechanisms failed to produce
+            // an aligned "pass" result.
+            "0" => !sample.dkim_aligned_pass && !sample.spf_aligned_pass,
+            // RFC 9991 §3: "1" — any underlying mechanism produced something
+            // other than an aligned "pass" result.
+            "1" => !sample.dkim_aligned_pass || !sample.spf_aligned_pass,
+            // RFC 9991 §3: "d" — a DKIM signature failed evaluation,
+            // regardless of its alignment.
+            "d" => sample.dkim.iter().any(|d| dkim_failed(&d.result)),
+            // RFC 9991 §3: "s" — SPF evaluation failed, regardless of
+            // alignment.
+            "s" => sample.spf.as_ref().is_some_and(|s| spf_failed(&s.result)),
+            _ => continue,
+        };
+        known = true;
+        want |= this;
+    }
+    if !known {
+        // RFC 9991 §3: the default is "0".
+        return !sample.dkim_aligned_pass && !sample.spf_aligned_pass;
+    }
+    want
+}
+
+/// A signature that was evaluated and failed (RFC 8601 §2.7.1): a bad
+/// signature or a broken key/record. A temporary error is no verdict.
+fn dkim_failed(result: &str) -> bool {
+    matches!(
+        result.to_ascii_lowercase().as_str(),
+        "fail" | "permerror" | "policy" | "neutral"
+    )
+}
+
+/// SPF evaluation failed (RFC 7208 §2.6): the domain said the host is not
+/// authorised, or its record is broken. softfail and neutral are not
+/// failures.
+fn spf_failed(result: &str) -> bool {
+    matches!(result.to_ascii_lowercase().as_str(), "fail" | "permerror")
+}
