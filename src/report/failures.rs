@@ -343,10 +343,15 @@ pub fn send_due(
             Ok(s) => s,
             Err(e) => {
                 let _ = writeln!(progress, "{label}: unreadable in the store ({e}); dropped");
-                if !run.dry_run
-                    && store.claim_failure(&queued.id, run.owner, now, now + 60)?
-                {
-                    store.finish_failure(&queued.id, run.owner, store::SKIPPED, &e.to_string(), 0, now)?;
+                if !run.dry_run && store.claim_failure(&queued.id, run.owner, now, now + 60)? {
+                    store.finish_failure(
+                        &queued.id,
+                        run.owner,
+                        store::SKIPPED,
+                        &e.to_string(),
+                        0,
+                        now,
+                    )?;
                 }
                 continue;
             }
@@ -362,7 +367,14 @@ pub fn send_due(
             }
             // Give up on a report that could not be sent for report.retry_for.
             if queued.created + (settings.retry_for.as_secs() as i64) < now {
-                store.finish_failure(&queued.id, run.owner, store::SKIPPED, "gave up (report.retry_for)", 0, now)?;
+                store.finish_failure(
+                    &queued.id,
+                    run.owner,
+                    store::SKIPPED,
+                    "gave up (report.retry_for)",
+                    0,
+                    now,
+                )?;
                 let _ = writeln!(progress, "{label}: gave up after report.retry_for");
                 continue;
             }
@@ -384,7 +396,9 @@ pub fn send_due(
             if is_done(&done, &address) || (copy && !any_sent) {
                 continue;
             }
-            let outcome = deliver(store, run, &queued, &sample, &address, max_size, copy, day, progress)?;
+            let outcome = deliver(
+                store, run, &queued, &sample, &address, max_size, copy, day, progress,
+            )?;
             let entry = match outcome {
                 Outcome::Sent => {
                     summary.sent += 1;
@@ -447,7 +461,11 @@ pub fn send_due(
                 store.finish_failure(&queued.id, run.owner, store::PENDING, &why, next, now)?;
             }
             None => {
-                let state = if any_sent { store::SENT } else { store::SKIPPED };
+                let state = if any_sent {
+                    store::SENT
+                } else {
+                    store::SKIPPED
+                };
                 store.finish_failure(&queued.id, run.owner, state, "", 0, now)?;
             }
         }
@@ -483,7 +501,10 @@ fn deliver(
     // RFC 9991 §2 / RFC 9990 §4: a destination outside the domain must
     // have authorised reports for it (the copies are the operator's own).
     if !copy && !within(dest_domain, domain) {
-        match run.rt.block_on(authorised(run.resolver, domain, dest_domain)) {
+        match run
+            .rt
+            .block_on(authorised(run.resolver, domain, dest_domain))
+        {
             Authorised::Yes => {}
             Authorised::No(why) => return Ok(Outcome::Refused(why)),
             Authorised::TempError(e) => {
@@ -542,4 +563,40 @@ fn deliver(
         }
         Err(e) => Ok(Outcome::Failed(e)),
     }
+}
+
+/// `rmilter report failures`: send (or, dry run, show) the queued failure
+/// reports only.
+pub fn run(
+    settings: &ReportSettings,
+    dns: &crate::config::DnsSettings,
+    options: &super::send::Options,
+    print: bool,
+    progress: &mut dyn Write,
+) -> anyhow::Result<Summary> {
+    let mut store = Store::open(&settings.store, Duration::from_secs(30))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let auth = rt.block_on(async { crate::dns::authenticator(dns) })?;
+    let resolver = HickoryDns::new(auth.resolver().clone());
+    let owner = format!(
+        "{}:{}:{}",
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default(),
+        std::process::id(),
+        &store::random_id()[..8]
+    );
+    let run = Run {
+        settings,
+        rt: &rt,
+        resolver: &resolver,
+        owner: &owner,
+        now: options.now,
+        dry_run: options.dry_run,
+        print,
+    };
+    Ok(send_due(&mut store, &run, progress)?)
 }

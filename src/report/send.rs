@@ -621,7 +621,12 @@ pub fn rfc5322_date(t: i64) -> String {
 
 /// Hand one message to the local MTA: `sendmail -i -f FROM -- TO`. Exit
 /// status 0 means the MTA has queued it.
-pub(crate) fn sendmail(command: &[String], from: &str, to: &str, message: &[u8]) -> Result<(), String> {
+pub(crate) fn sendmail(
+    command: &[String],
+    from: &str,
+    to: &str,
+    message: &[u8],
+) -> Result<(), String> {
     let (program, args) = command.split_first().ok_or("report.sendmail is empty")?;
     let mut child = Command::new(program)
         .args(args)

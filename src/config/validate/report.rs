@@ -200,7 +200,14 @@ fn failure(ctx: &Ctx, raw: RawFailureReports) -> Result<FailureSettings, ConfigE
         1,
         100,
     )?;
-    let per_source = count(ctx, "report.failure.per_source", raw.per_source, 1, 0, 1_000_000)?;
+    let per_source = count(
+        ctx,
+        "report.failure.per_source",
+        raw.per_source,
+        1,
+        0,
+        1_000_000,
+    )?;
     let per_source_period = duration(
         ctx,
         "report.failure.per_source_period",

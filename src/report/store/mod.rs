@@ -772,7 +772,12 @@ impl Store {
              ON CONFLICT (kind, key, window_begin) DO UPDATE
              SET count = failure_limits.count + 1
              WHERE failure_limits.count < ?4",
-            &[kind.into(), key.into(), window.into(), (limit as i64).into()],
+            &[
+                kind.into(),
+                key.into(),
+                window.into(),
+                (limit as i64).into(),
+            ],
         )?;
         Ok(n == 1)
     }
