@@ -498,6 +498,14 @@ fn deliver(
     }
     let dest_domain = address.rsplit_once('@').map_or("", |(_, d)| d);
     let domain = &queued.policy_domain;
+    if !copy
+        && within(domain, &settings.reporting_domain)
+        && within(dest_domain, &settings.reporting_domain)
+    {
+        return Ok(Outcome::Refused(
+            "a report about our own domain to our own domain (loop)".to_string(),
+        ));
+    }
     // RFC 9991 §2 / RFC 9990 §4: a destination outside the domain must
     // have authorised reports for it (the copies are the operator's own).
     if !copy && !within(dest_domain, domain) {
