@@ -497,3 +497,48 @@ fn a_failure_report_goes_through_postfix_to_the_sink_dkim_signed() {
 fn store_location(path: &str) -> rmilter::config::ReportStore {
     rmilter::config::ReportStore::Sqlite(PathBuf::from(path))
 }
+
+/// Several hosts sharing a PostgreSQL store: the counters are shared (no
+/// more than the limit in total however the takes interleave), and of two
+/// hosts claiming one queued report, one wins.
+#[test]
+fn limits_and_claims_are_shared_by_hosts_on_postgres() {
+    let pg = common::pg::TestPg::start();
+    let url = pg.create_db("failures");
+    let location = rmilter::config::ReportStore::Postgres(url);
+    Store::open(&location, Duration::from_secs(5)).unwrap();
+    const HOSTS: usize = 4;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(HOSTS));
+    let handles: Vec<_> = (0..HOSTS)
+        .map(|_| {
+            let (location, barrier) = (location.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut s = Store::open(&location, Duration::from_secs(5)).unwrap();
+                barrier.wait();
+                (0..10)
+                    .filter(|_| s.take_limit("global", "", 86_400, 7).unwrap())
+                    .count()
+            })
+        })
+        .collect();
+    let taken: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(taken, 7);
+
+    let mut a = Store::open(&location, Duration::from_secs(5)).unwrap();
+    let mut b = Store::open(&location, Duration::from_secs(5)).unwrap();
+    let cfg_text = "[report]\nenabled = true\n[report.failure]\nenabled = true\n";
+    let cfg = config(cfg_text);
+    assert!(
+        rmilter::report::failures::admit(&mut a, &cfg.report.failure, &capture("192.0.2.9"), 1000)
+            .unwrap()
+    );
+    let id = b.failures_open().unwrap()[0].id.clone();
+    let first = a.claim_failure(&id, "host-a", 1000, 1060).unwrap();
+    let second = b.claim_failure(&id, "host-b", 1000, 1060).unwrap();
+    assert!(first && !second);
+    // The per-source limit (1 per hour by default) holds on the other host.
+    assert!(
+        !rmilter::report::failures::admit(&mut b, &cfg.report.failure, &capture("192.0.2.9"), 1001)
+            .unwrap()
+    );
+}

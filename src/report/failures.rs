@@ -608,3 +608,24 @@ pub fn run(
     };
     Ok(send_due(&mut store, &run, progress)?)
 }
+
+/// How often the daemon sends queued failure reports with
+/// `report.schedule = "daemon"` (aggregate reports go once a period).
+pub const DAEMON_SEND_EVERY: Duration = Duration::from_secs(300);
+
+/// `report.schedule = "daemon"`: send the queued failure reports every
+/// [`DAEMON_SEND_EVERY`], so they do not wait for the end of the aggregate
+/// period.
+pub fn schedule(settings: &ReportSettings, dns: &crate::config::DnsSettings) {
+    loop {
+        std::thread::sleep(DAEMON_SEND_EVERY);
+        let options = super::send::Options::default();
+        match run(settings, dns, &options, false, &mut std::io::sink()) {
+            Ok(summary) if summary.reports > 0 => {
+                info!(summary = %summary.line(false), "scheduled failure report send done")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = format!("{e:#}"), "scheduled failure report send failed"),
+        }
+    }
+}

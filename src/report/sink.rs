@@ -392,6 +392,16 @@ pub fn for_daemon(config: &crate::config::Config) -> Option<Arc<dyn EvaluationSi
         if let Err(e) = spawned {
             warn!(error = %e, "cannot start the report scheduler");
         }
+        if settings.failure.enabled {
+            let settings = settings.clone();
+            let dns = config.dns.clone();
+            let spawned = std::thread::Builder::new()
+                .name("rmilter-failure-send".to_string())
+                .spawn(move || super::failures::schedule(&settings, &dns));
+            if let Err(e) = spawned {
+                warn!(error = %e, "cannot start the failure report scheduler");
+            }
+        }
     }
     Some(sink)
 }
