@@ -392,8 +392,8 @@ pub fn for_daemon(config: &crate::config::Config) -> Option<Arc<dyn EvaluationSi
         if let Err(e) = spawned {
             warn!(error = %e, "cannot start the report scheduler");
         }
-        if settings.failure.enabled {
-            let settings = settings.clone();
+        if config.report.failure.enabled {
+            let settings = config.report.clone();
             let dns = config.dns.clone();
             let spawned = std::thread::Builder::new()
                 .name("rmilter-failure-send".to_string())
