@@ -625,7 +625,10 @@ pub fn schedule(settings: &ReportSettings, dns: &crate::config::DnsSettings) {
                 info!(summary = %summary.line(false), "scheduled failure report send done")
             }
             Ok(_) => {}
-            Err(e) => warn!(error = format!("{e:#}"), "scheduled failure report send failed"),
+            Err(e) => warn!(
+                error = format!("{e:#}"),
+                "scheduled failure report send failed"
+            ),
         }
     }
 }
