@@ -20,8 +20,8 @@ pub mod milter;
 pub mod postconf;
 pub mod signing;
 
-use crate::config::{ConfigArg, DEFAULT_CONFIG};
 use crate::config::Overrides;
+use crate::config::{ConfigArg, DEFAULT_CONFIG};
 use crate::runtime::Runtime;
 use clap::Args;
 use postconf::{MainCf, Service};

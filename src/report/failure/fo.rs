@@ -1,4 +1,4 @@
-//! The RFC 9991 `fo=` failure-reporting options: which failing messages a
+//! The RFC 9991 `fo=` failure-reporting options (the DMARC record tag): which failing messages a
 //! domain owner wants failure reports about.
 
 use super::FailureSample;
@@ -11,16 +11,16 @@ pub fn wanted(fo: &str, sample: &FailureSample) -> bool {
     let mut want = false;
     for opt in fo.split(':').map(str::trim) {
         let this = match opt {
-            // RFC 9991 §3: "0" — all underlying mechanisms failed to produce
+            // RFC 9991 fo tag: "0" — all underlying mechanisms failed to produce
             // an aligned "pass" result.
             "0" => !sample.dkim_aligned_pass && !sample.spf_aligned_pass,
-            // RFC 9991 §3: "1" — any underlying mechanism produced something
+            // RFC 9991 fo tag: "1" — any underlying mechanism produced something
             // other than an aligned "pass" result.
             "1" => !sample.dkim_aligned_pass || !sample.spf_aligned_pass,
-            // RFC 9991 §3: "d" — a DKIM signature failed evaluation,
+            // RFC 9991 fo tag: "d" — a DKIM signature failed evaluation,
             // regardless of its alignment.
             "d" => sample.dkim.iter().any(|d| dkim_failed(&d.result)),
-            // RFC 9991 §3: "s" — SPF evaluation failed, regardless of
+            // RFC 9991 fo tag: "s" — SPF evaluation failed, regardless of
             // alignment.
             "s" => sample.spf.as_ref().is_some_and(|s| spf_failed(&s.result)),
             _ => continue,
@@ -29,7 +29,7 @@ pub fn wanted(fo: &str, sample: &FailureSample) -> bool {
         want |= this;
     }
     if !known {
-        // RFC 9991 §3: the default is "0".
+        // RFC 9991 fo tag: the default is "0".
         return !sample.dkim_aligned_pass && !sample.spf_aligned_pass;
     }
     want

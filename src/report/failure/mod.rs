@@ -101,7 +101,7 @@ impl DeliveryResult {
     }
 }
 
-/// RFC 9991 §3 `fo=` tag: whether this sample warrants a report under the
+/// The RFC 9991 `fo=` tag: whether this sample warrants a report under the
 /// record's `fo` value (a colon-separated list; "" means the default `0`).
 pub fn wanted(fo: &str, sample: &FailureSample) -> bool {
     fo::wanted(fo, sample)

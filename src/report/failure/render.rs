@@ -1,4 +1,4 @@
-//! The failure report mail: RFC 9991 §3 in the RFC 6591 Abuse Reporting
+//! The failure report mail: RFC 9991 §4 in the RFC 6591 Abuse Reporting
 //! Format (RFC 5965), a `multipart/report; report-type=feedback-report`
 //! with a human-readable part, the `message/feedback-report` part and the
 //! original header section (`text/rfc822-headers`) or, when configured,
@@ -36,7 +36,7 @@ pub fn render(sample: &FailureSample, opts: &RenderOptions<'_>) -> Vec<u8> {
     if full.len() <= max {
         return full;
     }
-    // RFC 9991 §3 / RFC 9990 `!size`: leave the body out first…
+    // RFC 9990 `!size` (also for ruf): leave the body out first…
     let no_body = assemble(sample, opts, &mut masker, &returned, None);
     if no_body.len() <= max || returned.is_empty() {
         return no_body;
@@ -79,8 +79,8 @@ fn assemble(
     let mut m = String::new();
     m.push_str(&format!("From: {}\n", opts.from));
     m.push_str(&format!("To: {}\n", opts.to));
-    // RFC 9991 §3: the subject names the reported domain; it does not
-    // repeat the original subject (message content).
+    // The subject names the reported domain and source; it does not repeat
+    // the original subject (message content).
     m.push_str(&format!(
         "Subject: DMARC failure report for {} from {}\n",
         sample.reported_domain, sample.source_ip
@@ -121,7 +121,7 @@ fn assemble(
     ));
     m.push_str("Version: 1\n");
     m.push_str(&format!("Original-Mail-From: <{mail_from}>\n"));
-    // RFC 9991 §3: Original-Rcpt-To only when the receiver chose to include it.
+    // RFC 9991 §4: Original-Rcpt-To only when the receiver chose to include it.
     for r in &rcpts {
         m.push_str(&format!("Original-Rcpt-To: <{r}>\n"));
     }
@@ -129,10 +129,10 @@ fn assemble(
     m.push_str(&format!("Source-IP: {}\n", sample.source_ip));
     m.push_str(&format!("Reported-Domain: {}\n", sample.reported_domain));
     m.push_str(&format!("Reporting-MTA: dns; {}\n", opts.reporting_domain));
-    // RFC 9991 §3: Auth-Failure dmarc.
+    // RFC 9991 §4: Auth-Failure dmarc.
     m.push_str("Auth-Failure: dmarc\n");
     m.push_str(&format!("Authentication-Results: {auth_results}\n"));
-    // RFC 9991 §3: Identity-Alignment lists the mechanisms that passed aligned.
+    // RFC 9991 §4: Identity-Alignment lists the mechanisms that passed aligned.
     m.push_str(&format!(
         "Identity-Alignment: {}\n",
         identity_alignment(sample)
@@ -162,7 +162,7 @@ fn assemble(
     ));
     m.push('\n');
 
-    // RFC 5965 §2 (c) / RFC 9991 §3: the original header section by
+    // RFC 5965 §2 (c) / RFC 9991 §4: the original header section by
     // default, the whole message only when configured.
     m.push_str(&format!("--{boundary}\n"));
     let mut out = m.into_bytes();
@@ -189,7 +189,7 @@ fn assemble(
     out
 }
 
-/// RFC 7489 §7.3.1 / RFC 9991 §3 `Identity-Alignment`: the mechanisms that
+/// RFC 7489 §7.3.1 / RFC 9991 §4 `Identity-Alignment`: the mechanisms that
 /// passed aligned, or "none".
 fn identity_alignment(sample: &FailureSample) -> &'static str {
     match (sample.dkim_aligned_pass, sample.spf_aligned_pass) {
