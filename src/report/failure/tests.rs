@@ -3,6 +3,7 @@
 
 use super::redact::{Masker, header_section, redact_addresses};
 use super::*;
+use base64::Engine as _;
 
 const HEADERS: &str = "Received: from mail.internal.example.net (10.0.0.7)\r\n\tby mx.example.org; Mon, 7 Dec 2026 10:00:00 +0000\r\n\
 Return-Path: <alice.smith@example.com>\r\n\
@@ -168,6 +169,21 @@ fn header_section_drops_fields_and_masks_local_parts() {
     );
     assert!(out.contains("\th=from:to; bh=abc=; b=def=\r\n"), "{out}");
     assert!(out.contains("Subject: quarterly numbers\r\n"), "{out}");
+}
+
+#[test]
+fn addresses_inside_encoded_words_are_masked() {
+    let mut m = Masker::new();
+    let h = b"From: =?utf-8?q?alice=2Esmith=40example=2Ecom?= <alice.smith@example.com>\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\n";
+    let out = text(&header_section(h, &[], Some(&mut m)));
+    assert!(!out.contains("alice"), "{out}");
+    // Re-encoded with the same mask as the plain address; others untouched.
+    let b64 = base64::engine::general_purpose::STANDARD.encode("redacted1@example.com");
+    assert!(
+        out.starts_with(&format!("From: =?utf-8?b?{b64}?= <redacted1@example.com>")),
+        "{out}"
+    );
+    assert!(out.contains("Subject: =?utf-8?q?caf=C3=A9?=\r\n"), "{out}");
 }
 
 #[test]
