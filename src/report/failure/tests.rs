@@ -331,3 +331,48 @@ fn sample_round_trips_through_json() {
     let back: FailureSample = serde_json::from_str(&json).unwrap();
     assert_eq!(back, s);
 }
+
+#[test]
+fn values_cannot_start_fields_of_their_own() {
+    let mut s = sample();
+    s.mail_from = "x@example.com>\r\nBcc: <victim@example.net".into();
+    s.authentication_results = "mx; dmarc=fail\nX-Injected: 1".into();
+    s.rcpt_to = vec!["a@b.example\rX-Also: 2".into()];
+    let out = text(&render(&s, &opts(&[])));
+    for bad in ["\nBcc:", "\nX-Injected:", "\nX-Also:", "\r"] {
+        assert!(!out.contains(bad), "{bad:?} in {out}");
+    }
+}
+
+#[test]
+fn long_values_are_folded_within_the_line_limit() {
+    let mut s = sample();
+    s.authentication_results = format!(
+        "mx.example.org; {}dmarc=fail header.from=example.com",
+        "dkim=fail header.d=example.com header.s=sel; ".repeat(40)
+    );
+    let out = text(&render(&s, &opts(&[])));
+    assert!(out.lines().all(|l| l.len() <= 998), "a line over 998");
+    let ar = out.split("\nAuthentication-Results: ").nth(1).unwrap();
+    assert!(
+        ar.split_once('\n').unwrap().1.starts_with(' '),
+        "not folded"
+    );
+    // Short values stay on one line.
+    let short = text(&render(&sample(), &opts(&[])));
+    let ar = short.split("\nAuthentication-Results: ").nth(1).unwrap();
+    assert!(
+        ar.split_once('\n')
+            .unwrap()
+            .1
+            .starts_with("Identity-Alignment:")
+    );
+}
+
+#[test]
+#[ignore = "prints a rendered report for reading"]
+fn show() {
+    let mut o = opts(&[]);
+    o.include_body = true;
+    println!("{}", text(&render(&sample(), &o)));
+}
