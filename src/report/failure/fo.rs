@@ -3,14 +3,17 @@
 
 use super::FailureSample;
 
-/// Whether `sample` warrants a report under `fo` (colon-separated options;
-/// unknown options are ignored, and with no known option the default `0`
-/// applies).
+/// Whether `sample` warrants a report under `fo` (colon-separated options,
+/// any of which may ask for it; case-insensitive; unknown options are
+/// ignored, and with no known option the default `0` applies). This is the
+/// tag alone: under `1`, `d` or `s` a message that passed DMARC can warrant
+/// a report too; whether such messages are captured at all is the
+/// pipeline's choice.
 pub fn wanted(fo: &str, sample: &FailureSample) -> bool {
     let mut known = false;
     let mut want = false;
-    for opt in fo.split(':').map(str::trim) {
-        let this = match opt {
+    for opt in fo.split(':').map(|o| o.trim().to_ascii_lowercase()) {
+        let this = match opt.as_str() {
             // RFC 9991 fo tag: "0" — all underlying mechanisms failed to produce
             // an aligned "pass" result.
             "0" => !sample.dkim_aligned_pass && !sample.spf_aligned_pass,

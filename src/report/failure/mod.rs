@@ -119,7 +119,9 @@ pub struct RenderOptions<'a> {
     pub redact: bool,
     /// Header field names removed from the returned header section.
     pub drop_headers: &'a [String],
-    /// Return the body too (default false); only if the sample has it.
+    /// Return the body too (default false); only if the sample has it. The
+    /// body is returned as received: redaction covers the header section
+    /// and the report's own fields only.
     pub include_body: bool,
     /// The destination's `!size`: the body is left out, then the returned
     /// headers truncated, so that the report fits.

@@ -129,6 +129,7 @@ fn fo_lists_are_any_of() {
     assert!(!wanted("0:d", &s));
     assert!(wanted("0:s", &s));
     assert!(wanted(" d : 1 ", &s));
+    assert!(wanted("S", &s));
 }
 
 // ---- redaction ----
