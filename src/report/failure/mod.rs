@@ -101,7 +101,7 @@ impl DeliveryResult {
     }
 }
 
-/// RFC 9991 §3 `fo=` tag: whether this sample warrants a report under the
+/// The RFC 9991 `fo=` tag: whether this sample warrants a report under the
 /// record's `fo` value (a colon-separated list; "" means the default `0`).
 pub fn wanted(fo: &str, sample: &FailureSample) -> bool {
     fo::wanted(fo, sample)
@@ -119,7 +119,9 @@ pub struct RenderOptions<'a> {
     pub redact: bool,
     /// Header field names removed from the returned header section.
     pub drop_headers: &'a [String],
-    /// Return the body too (default false); only if the sample has it.
+    /// Return the body too (default false); only if the sample has it. The
+    /// body is returned as received: redaction covers the header section
+    /// and the report's own fields only.
     pub include_body: bool,
     /// The destination's `!size`: the body is left out, then the returned
     /// headers truncated, so that the report fits.

@@ -6,6 +6,7 @@
 //! across reports (masks are numbered in order of appearance, not derived
 //! from the local part, so no dictionary can undo them).
 
+use base64::Engine as _;
 use std::collections::HashMap;
 
 /// Header fields whose addr-spec-like tokens are message identifiers, not
@@ -90,12 +91,48 @@ pub fn header_section(headers: &[u8], drop: &[String], mut masker: Option<&mut M
                     .iter()
                     .any(|f| f.as_bytes().eq_ignore_ascii_case(name)) =>
             {
-                out.extend_from_slice(&redact_addresses(field, m));
+                out.extend_from_slice(&redact_addresses(&redact_encoded_words(field, m), m));
             }
             _ => out.extend_from_slice(field),
         }
     }
     out
+}
+
+/// RFC 2047 encoded-words whose decoded text holds an address (a display
+/// name such as `=?utf-8?q?alice=40example.com?=`) re-encoded with the
+/// local part masked; other encoded-words stay as written.
+pub fn redact_encoded_words(field: &[u8], masker: &mut Masker) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i..].starts_with(b"=?")
+            && let Some((decoded, used)) = decode_word(&field[i..])
+        {
+            let redacted = redact_addresses(decoded.as_bytes(), masker);
+            if redacted != decoded.as_bytes() {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&redacted);
+                out.extend_from_slice(format!("=?utf-8?b?{b64}?=").as_bytes());
+            } else {
+                out.extend_from_slice(&field[i..i + used]);
+            }
+            i += used;
+            continue;
+        }
+        out.push(field[i]);
+        i += 1;
+    }
+    out
+}
+
+/// RFC 2047 §2: the encoded-word at the start of `s`, decoded (encodify)
+/// and converted from its charset (mail-parser), and its length.
+fn decode_word(s: &[u8]) -> Option<(String, usize)> {
+    let (word, used) = encodify::rfc2047::EncodedWord::parse(s)?;
+    let bytes = word.decode().ok()?;
+    let mut decoded = String::new();
+    mail_parser::decoders::charsets::decode_append(word.charset, &bytes, &mut decoded);
+    Some((decoded, used))
 }
 
 /// RFC 5322 §3.2.3 atext, plus "." for dot-atoms and 8-bit bytes for

@@ -1,4 +1,4 @@
-//! The failure report mail: RFC 9991 §3 in the RFC 6591 Abuse Reporting
+//! The failure report mail: RFC 9991 §4 in the RFC 6591 Abuse Reporting
 //! Format (RFC 5965), a `multipart/report; report-type=feedback-report`
 //! with a human-readable part, the `message/feedback-report` part and the
 //! original header section (`text/rfc822-headers`) or, when configured,
@@ -36,7 +36,7 @@ pub fn render(sample: &FailureSample, opts: &RenderOptions<'_>) -> Vec<u8> {
     if full.len() <= max {
         return full;
     }
-    // RFC 9991 §3 / RFC 9990 `!size`: leave the body out first…
+    // RFC 9990 `!size` (also for ruf): leave the body out first…
     let no_body = assemble(sample, opts, &mut masker, &returned, None);
     if no_body.len() <= max || returned.is_empty() {
         return no_body;
@@ -70,23 +70,27 @@ fn assemble(
     };
     let mail_from = addr(&sample.mail_from);
     let rcpts: Vec<String> = sample.rcpt_to.iter().map(|r| addr(r)).collect();
-    let auth_results = addr(&one_line(&sample.authentication_results));
+    let auth_results = addr(&sample.authentication_results);
     let dkim =
         relevant_dkim(sample).map(|d| (d.domain.clone(), d.selector.clone(), addr(&d.identity)));
 
     let boundary = boundary(opts.message_id, returned, body);
     let arrival = rfc5322_date(sample.arrival);
     let mut m = String::new();
-    m.push_str(&format!("From: {}\n", opts.from));
-    m.push_str(&format!("To: {}\n", opts.to));
-    // RFC 9991 §3: the subject names the reported domain; it does not
-    // repeat the original subject (message content).
-    m.push_str(&format!(
-        "Subject: DMARC failure report for {} from {}\n",
-        sample.reported_domain, sample.source_ip
-    ));
-    m.push_str(&format!("Date: {}\n", rfc5322_date(opts.date)));
-    m.push_str(&format!("Message-ID: <{}>\n", opts.message_id));
+    field(&mut m, "From", opts.from);
+    field(&mut m, "To", opts.to);
+    // The subject names the reported domain and source; it does not repeat
+    // the original subject (message content).
+    field(
+        &mut m,
+        "Subject",
+        &format!(
+            "DMARC failure report for {} from {}",
+            sample.reported_domain, sample.source_ip
+        ),
+    );
+    field(&mut m, "Date", &rfc5322_date(opts.date));
+    field(&mut m, "Message-ID", &format!("<{}>", opts.message_id));
     m.push_str("MIME-Version: 1.0\n");
     // RFC 3834: automatic replies must not answer this.
     m.push_str("Auto-Submitted: auto-generated\n");
@@ -98,12 +102,15 @@ fn assemble(
 
     // RFC 5965 §2 (a): the human-readable part.
     m.push_str(&format!("--{boundary}\n"));
-    m.push_str("Content-Type: text/plain; charset=us-ascii\nContent-Transfer-Encoding: 7bit\n\n");
+    m.push_str("Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n");
     m.push_str(&format!(
         "This is a DMARC failure report (RFC 9991) from {}.\n\
          A message claiming to be from {} failed DMARC authentication.\n\
          It came from {} on {}.\n",
-        opts.reporting_domain, sample.reported_domain, sample.source_ip, arrival
+        one_line(opts.reporting_domain),
+        one_line(&sample.reported_domain),
+        sample.source_ip,
+        arrival
     ));
     if opts.redact {
         m.push_str("Local parts of addresses have been redacted (RFC 6590).\n");
@@ -114,55 +121,58 @@ fn assemble(
     m.push_str(&format!("--{boundary}\n"));
     m.push_str("Content-Type: message/feedback-report\n\n");
     // RFC 6591 §3.1: Feedback-Type auth-failure.
-    m.push_str("Feedback-Type: auth-failure\n");
-    m.push_str(&format!(
-        "User-Agent: rmilter/{}\n",
-        env!("CARGO_PKG_VERSION")
-    ));
-    m.push_str("Version: 1\n");
-    m.push_str(&format!("Original-Mail-From: <{mail_from}>\n"));
-    // RFC 9991 §3: Original-Rcpt-To only when the receiver chose to include it.
+    field(&mut m, "Feedback-Type", "auth-failure");
+    field(
+        &mut m,
+        "User-Agent",
+        concat!("rmilter/", env!("CARGO_PKG_VERSION")),
+    );
+    field(&mut m, "Version", "1");
+    field(&mut m, "Original-Mail-From", &format!("<{mail_from}>"));
+    // RFC 9991 §4: Original-Rcpt-To only when the receiver chose to include it.
     for r in &rcpts {
-        m.push_str(&format!("Original-Rcpt-To: <{r}>\n"));
+        field(&mut m, "Original-Rcpt-To", &format!("<{r}>"));
     }
-    m.push_str(&format!("Arrival-Date: {arrival}\n"));
-    m.push_str(&format!("Source-IP: {}\n", sample.source_ip));
-    m.push_str(&format!("Reported-Domain: {}\n", sample.reported_domain));
-    m.push_str(&format!("Reporting-MTA: dns; {}\n", opts.reporting_domain));
-    // RFC 9991 §3: Auth-Failure dmarc.
-    m.push_str("Auth-Failure: dmarc\n");
-    m.push_str(&format!("Authentication-Results: {auth_results}\n"));
-    // RFC 9991 §3: Identity-Alignment lists the mechanisms that passed aligned.
-    m.push_str(&format!(
-        "Identity-Alignment: {}\n",
-        identity_alignment(sample)
-    ));
+    field(&mut m, "Arrival-Date", &arrival);
+    field(&mut m, "Source-IP", &sample.source_ip.to_string());
+    field(&mut m, "Reported-Domain", &sample.reported_domain);
+    field(
+        &mut m,
+        "Reporting-MTA",
+        &format!("dns; {}", opts.reporting_domain),
+    );
+    // RFC 9991 §4: Auth-Failure dmarc.
+    field(&mut m, "Auth-Failure", "dmarc");
+    field(&mut m, "Authentication-Results", &auth_results);
+    // RFC 9991 §4: Identity-Alignment lists the mechanisms that passed aligned.
+    field(&mut m, "Identity-Alignment", identity_alignment(sample));
     // RFC 6591 §3.1: DKIM-Domain, DKIM-Identity, DKIM-Selector where relevant.
     if let Some((domain, selector, identity)) = dkim {
-        m.push_str(&format!("DKIM-Domain: {domain}\n"));
+        field(&mut m, "DKIM-Domain", &domain);
         if !identity.is_empty() {
-            m.push_str(&format!("DKIM-Identity: {identity}\n"));
+            field(&mut m, "DKIM-Identity", &identity);
         }
-        m.push_str(&format!("DKIM-Selector: {selector}\n"));
+        field(&mut m, "DKIM-Selector", &selector);
     }
     // RFC 6591 §3.1: SPF-DNS, the record evaluated, where relevant.
     if let Some(spf) = &sample.spf
         && let Some(record) = &spf.record
         && spf.result != "pass"
     {
-        m.push_str(&format!(
-            "SPF-DNS: txt : {} : \"{}\"\n",
-            spf.domain,
-            one_line(record).replace(['"', '\\'], "")
-        ));
+        field(
+            &mut m,
+            "SPF-DNS",
+            &format!(
+                "txt : {} : \"{}\"",
+                spf.domain,
+                record.replace(['"', '\\'], "")
+            ),
+        );
     }
-    m.push_str(&format!(
-        "Delivery-Result: {}\n",
-        sample.delivery_result.as_str()
-    ));
+    field(&mut m, "Delivery-Result", sample.delivery_result.as_str());
     m.push('\n');
 
-    // RFC 5965 §2 (c) / RFC 9991 §3: the original header section by
+    // RFC 5965 §2 (c) / RFC 9991 §4: the original header section by
     // default, the whole message only when configured.
     m.push_str(&format!("--{boundary}\n"));
     let mut out = m.into_bytes();
@@ -189,7 +199,7 @@ fn assemble(
     out
 }
 
-/// RFC 7489 §7.3.1 / RFC 9991 §3 `Identity-Alignment`: the mechanisms that
+/// RFC 7489 §7.3.1 / RFC 9991 §4 `Identity-Alignment`: the mechanisms that
 /// passed aligned, or "none".
 fn identity_alignment(sample: &FailureSample) -> &'static str {
     match (sample.dkim_aligned_pass, sample.spf_aligned_pass) {
@@ -218,9 +228,40 @@ fn relevant_dkim(sample: &FailureSample) -> Option<&super::DkimFacts> {
 }
 
 /// A field value on one line: folding whitespace and any line break
-/// collapsed to single spaces.
+/// collapsed to single spaces, other control characters dropped (no value
+/// taken from a message or from DNS can start a field of its own).
 fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    s.split_whitespace()
+        .map(|w| w.chars().filter(|c| !c.is_control()).collect::<String>())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// RFC 5322 §2.1.1: lines stay within 998 characters.
+const MAX_LINE: usize = 998;
+
+/// Append `Name: value` as one line (parsers of feedback reports, such as
+/// parsedmarc, read only the first line of a field), folded at whitespace
+/// only where the line would pass the RFC 5322 limit.
+fn field(m: &mut String, name: &str, value: &str) {
+    let value = one_line(value);
+    let mut line_len = name.len() + 2;
+    m.push_str(name);
+    m.push_str(": ");
+    for (i, word) in value.split(' ').enumerate() {
+        if i > 0 {
+            if line_len + 1 + word.len() > MAX_LINE {
+                m.push_str("\n ");
+                line_len = 1;
+            } else {
+                m.push(' ');
+                line_len += 1;
+            }
+        }
+        m.push_str(word);
+        line_len += word.len();
+    }
+    m.push('\n');
 }
 
 /// CRLF (and lone CR) line endings turned into LF, as sendmail takes them.
