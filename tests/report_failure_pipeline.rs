@@ -542,3 +542,42 @@ fn limits_and_claims_are_shared_by_hosts_on_postgres() {
             .unwrap()
     );
 }
+
+/// A failing MTA: the report stays queued, is retried after the backoff,
+/// and the run exits 1.
+#[test]
+fn a_failing_mta_is_retried_after_the_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = TestDns::start(zone());
+    let store = dir.path().join("reports.db").display().to_string();
+    let broken = config_text(&dns, &store, &["/bin/false".to_string()], "", "");
+    let cfg_path = dir.path().join("rmilter.toml");
+    std::fs::write(&cfg_path, &broken).unwrap();
+    queue_with_writer(&config(&broken), vec![capture("192.0.2.1")]);
+    let now = unix_time(SystemTime::now());
+    let out = failures_cmd(&cfg_path, &["--now", &now.to_string()]);
+    assert_eq!(out.status.code(), Some(1), "{}", out_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ruf@spoofed.example: sendmail failed"),
+        "{}",
+        out_text(&out)
+    );
+    // Not due yet.
+    let out = failures_cmd(&cfg_path, &["--now", &(now + 10).to_string()]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("retry due at"),
+        "{}",
+        out_text(&out)
+    );
+    // The MTA works again: sent after the backoff, to both usable addresses.
+    let (sendmail, mail) = fake_sendmail(dir.path());
+    std::fs::write(&cfg_path, config_text(&dns, &store, &sendmail, "", "")).unwrap();
+    let out = failures_cmd(&cfg_path, &["--now", &(now + 301).to_string()]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    assert_eq!(
+        recipients(&mail),
+        ["ok@reports.example", "ruf@spoofed.example"],
+        "{}",
+        out_text(&out)
+    );
+}

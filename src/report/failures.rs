@@ -359,6 +359,15 @@ pub fn send_due(
         let destinations: Vec<(String, usize)> =
             serde_json::from_str(&queued.destinations).unwrap_or_default();
         let mut done: Vec<String> = serde_json::from_str(&queued.done).unwrap_or_default();
+        if queued.state == store::PENDING && queued.next_attempt > now {
+            summary.postponed += 1;
+            let _ = writeln!(
+                progress,
+                "{label}: retry due at {} (last error: {})",
+                queued.next_attempt, queued.last_error
+            );
+            continue;
+        }
         if !run.dry_run {
             let lease_until = now + settings.lease.as_secs() as i64;
             if !store.claim_failure(&queued.id, run.owner, now, lease_until)? {
