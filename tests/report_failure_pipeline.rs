@@ -419,7 +419,13 @@ fn a_failure_report_goes_through_postfix_to_the_sink_dkim_signed() {
     }
     let dns = TestDns::start(z);
     let store = dir.path().join("reports.db").display().to_string();
-    let toml = config_text(&dns, &store, &["/bin/false".to_string()], "", &ours.toml());
+    let toml = config_text(
+        &dns,
+        &store,
+        &["/bin/false".to_string()],
+        "include_rcpt_to = true",
+        &ours.toml(),
+    );
     let cfg = config(&toml);
     let sink = StoreSink::start(&cfg.report);
     let runtime = rmilter::runtime::Runtime::from_config(cfg).unwrap();
@@ -482,6 +488,9 @@ fn a_failure_report_goes_through_postfix_to_the_sink_dkim_signed() {
         assert!(data.contains("report-type=feedback-report"), "{data}");
         assert!(data.contains("Feedback-Type: auth-failure"), "{data}");
         assert!(data.contains("Reported-Domain: spoofed.example"), "{data}");
+        // include_rcpt_to: Postfix sent RCPT events; the recipient is redacted.
+        assert!(data.contains("Original-Rcpt-To: <"), "{data}");
+        assert!(!data.contains("bob@example.org"), "{data}");
         // Redacted by default: the original local part is not returned.
         assert!(!data.contains("alice@spoofed.example"), "{data}");
         let sigs = dkimpy::verify(&m.data, &ours.dns());
@@ -580,4 +589,35 @@ fn a_failing_mta_is_retried_after_the_backoff() {
         "{}",
         out_text(&out)
     );
+}
+
+/// Envelope recipients are captured only with include_rcpt_to (and only
+/// then does the milter ask for RCPT events).
+#[tokio::test(flavor = "multi_thread")]
+async fn recipients_only_with_include_rcpt_to() {
+    let dns = TestDns::start(zone());
+    for (include, want) in [
+        (false, vec![]),
+        (true, vec!["user@example.org".to_string()]),
+    ] {
+        let toml = format!(
+            "authserv_id = \"mx.example.org\"\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\n[report]\nenabled = true\nstore = \"/nonexistent/reports.db\"\n[report.failure]\nenabled = true\ninclude_rcpt_to = {include}\n",
+            dns.addr()
+        );
+        let (milter, sink) = TestMilter::start_toml_recording(&toml);
+        let env = Envelope {
+            client_addr: format!("{OUTSIDE}:40000").parse().unwrap(),
+            mail_from: "<alice@spoofed.example>".into(),
+            ..Envelope::inbound()
+        };
+        drive::drive(
+            milter.inet_addr(),
+            &env,
+            &common::message("Alice <alice@spoofed.example>", "spoof", "Hello.\r\n"),
+        )
+        .await;
+        let got = sink.take_failures();
+        assert_eq!(got.len(), 1, "include_rcpt_to = {include}");
+        assert_eq!(got[0].sample.rcpt_to, want, "include_rcpt_to = {include}");
+    }
 }

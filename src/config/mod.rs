@@ -764,6 +764,9 @@ pub struct FailureSettings {
     pub max_body_bytes: usize,
     /// At most this many `ruf=` addresses of one record get a report.
     pub max_ruf_addresses: usize,
+    /// Report the envelope recipients (`Original-Rcpt-To`); the milter then
+    /// asks Postfix for RCPT events.
+    pub include_rcpt_to: bool,
     /// At most this many reports per (reported domain, source IP) per `per_source_period`.
     pub per_source: u64,
     pub per_source_period: Duration,

@@ -217,6 +217,7 @@ pub struct RawFailureReports {
     pub include_body: Option<bool>,
     pub max_body_bytes: Option<i64>,
     pub max_ruf_addresses: Option<i64>,
+    pub include_rcpt_to: Option<bool>,
     pub per_source: Option<i64>,
     pub per_source_period: Option<String>,
     pub per_destination_per_day: Option<i64>,

@@ -275,7 +275,12 @@ fn failure_capture(
         arrival: crate::report::unix_time(std::time::SystemTime::now()),
         helo: client.helo.clone(),
         mail_from: msg.sender.clone(),
-        rcpt_to: Vec::new(),
+        // RFC 9991 §3: Original-Rcpt-To only if the receiver chose to.
+        rcpt_to: if settings.include_rcpt_to {
+            msg.rcpt_to.clone()
+        } else {
+            Vec::new()
+        },
         authentication_results: evaluated.results.clone(),
         dkim: verdict
             .dkim

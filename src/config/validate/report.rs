@@ -249,6 +249,7 @@ fn failure(ctx: &Ctx, raw: RawFailureReports) -> Result<FailureSettings, ConfigE
         include_body: raw.include_body.unwrap_or(false),
         max_body_bytes,
         max_ruf_addresses,
+        include_rcpt_to: raw.include_rcpt_to.unwrap_or(false),
         per_source: per_source as u64,
         per_source_period,
         per_destination_per_day: per_destination_per_day as u64,
