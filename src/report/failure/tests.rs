@@ -387,6 +387,14 @@ fn invalid_utf8_and_8bit_headers_pass_through() {
     assert!(out.windows(needle.len()).any(|w| w == needle));
     let needle: &[u8] = b"From: J\xf6rg <redacted1@example.com>\n";
     assert!(out.windows(needle.len()).any(|w| w == needle));
+    // RFC 2045 §6.4: 8-bit parts, and the multipart holding them, say so.
+    let head = &out[..out.windows(2).position(|w| w == b"\n\n").unwrap()];
+    assert!(String::from_utf8_lossy(head).contains("\nContent-Transfer-Encoding: 8bit\n"));
+    let needle: &[u8] = b"Content-Type: text/rfc822-headers\nContent-Disposition: inline\nContent-Transfer-Encoding: 8bit\n";
+    assert!(out.windows(needle.len()).any(|w| w == needle));
+    // An ASCII report is 7bit throughout.
+    let ascii = text(&render(&sample(), &opts(&[])));
+    assert!(!ascii.contains("8bit"), "{ascii}");
 }
 
 proptest::proptest! {
