@@ -110,6 +110,9 @@ fn fo_d_on_a_failed_signature_whatever_its_alignment() {
     none.dkim.clear();
     assert!(!wanted("d", &none));
     assert!(!wanted("d", &with(false, false, "temperror", "fail")));
+    assert!(!wanted("d", &with(false, false, "policy", "fail")));
+    assert!(wanted("d", &with(false, false, "permerror", "fail")));
+    assert!(wanted("d", &with(false, false, "neutral", "fail")));
 }
 
 #[test]
