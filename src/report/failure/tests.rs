@@ -374,14 +374,6 @@ fn long_values_are_folded_within_the_line_limit() {
 }
 
 #[test]
-#[ignore = "prints a rendered report for reading"]
-fn show() {
-    let mut o = opts(&[]);
-    o.include_body = true;
-    println!("{}", text(&render(&sample(), &o)));
-}
-
-#[test]
 fn invalid_utf8_and_8bit_headers_pass_through() {
     let mut s = sample();
     s.headers = b"From: J\xf6rg <j\xc3\xb6rg@example.com>\r\nSubject: \xff\xfe\r\n".to_vec();
