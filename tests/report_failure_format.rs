@@ -320,3 +320,19 @@ fn size_limited_report_still_parses() {
     assert_eq!(r["reported_domain"], "example.com", "{r:#}");
     assert_eq!(r["sample_headers_only"], true, "{r:#}");
 }
+
+#[test]
+fn eight_bit_headers_and_encoded_words_parse() {
+    let mut s = sample();
+    s.headers = "From: =?utf-8?q?J=C3=B6rg?= <jörg.müller@example.com>\r\nTo: \"Zoë\" <zoe.k@example.org>\r\nSubject: Grüße\r\nMessage-ID: <8bit@example.com>\r\nDate: Mon, 7 Dec 2026 09:59:58 +0000\r\n"
+        .as_bytes()
+        .to_vec();
+    let report = rendered(&s, &Opts::default());
+    let r = parsedmarc(&report);
+    assert_eq!(r["reported_domain"], "example.com", "{r:#}");
+    assert_eq!(r["parsed_sample"]["subject"], "Grüße", "{r:#}");
+    let all = r.to_string();
+    for local in ["jörg.müller", "zoe.k"] {
+        assert!(!all.contains(local), "{local} in parsedmarc's view: {r:#}");
+    }
+}

@@ -38,12 +38,14 @@ pub fn wanted(fo: &str, sample: &FailureSample) -> bool {
     want
 }
 
-/// A signature that was evaluated and failed (RFC 8601 §2.7.1): a bad
-/// signature or a broken key/record. A temporary error is no verdict.
+/// A signature that was evaluated and failed (RFC 8601 §2.7.1): it did not
+/// verify (fail), could not be verified for good (permerror: no or broken
+/// key), or was not a usable signature (neutral: syntax). A temporary
+/// error is no verdict, and `policy` is a signature that verified.
 fn dkim_failed(result: &str) -> bool {
     matches!(
         result.to_ascii_lowercase().as_str(),
-        "fail" | "permerror" | "policy" | "neutral"
+        "fail" | "permerror" | "neutral"
     )
 }
 

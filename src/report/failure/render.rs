@@ -102,8 +102,7 @@ fn assemble(
 
     // RFC 5965 §2 (a): the human-readable part.
     m.push_str(&format!("--{boundary}\n"));
-    m.push_str("Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n");
-    m.push_str(&format!(
+    let human = format!(
         "This is a DMARC failure report (RFC 9991) from {}.\n\
          A message claiming to be from {} failed DMARC authentication.\n\
          It came from {} on {}.\n",
@@ -111,7 +110,12 @@ fn assemble(
         one_line(&sample.reported_domain),
         sample.source_ip,
         arrival
+    );
+    m.push_str(&format!(
+        "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: {}\n\n",
+        cte(human.as_bytes())
     ));
+    m.push_str(&human);
     if opts.redact {
         m.push_str("Local parts of addresses have been redacted (RFC 6590).\n");
     }
@@ -179,7 +183,11 @@ fn assemble(
     match body {
         Some(body) => {
             out.extend_from_slice(
-                b"Content-Type: message/rfc822\nContent-Disposition: inline\nContent-Transfer-Encoding: 8bit\n\n",
+                format!(
+                    "Content-Type: message/rfc822\nContent-Disposition: inline\nContent-Transfer-Encoding: {}\n\n",
+                    if returned.is_ascii() && body.is_ascii() { "7bit" } else { "8bit" }
+                )
+                .as_bytes(),
             );
             out.extend_from_slice(returned);
             out.extend_from_slice(b"\n");
@@ -187,7 +195,11 @@ fn assemble(
         }
         None => {
             out.extend_from_slice(
-                b"Content-Type: text/rfc822-headers\nContent-Disposition: inline\nContent-Transfer-Encoding: 8bit\n\n",
+                format!(
+                    "Content-Type: text/rfc822-headers\nContent-Disposition: inline\nContent-Transfer-Encoding: {}\n\n",
+                    cte(returned)
+                )
+                .as_bytes(),
             );
             out.extend_from_slice(returned);
         }
@@ -196,7 +208,23 @@ fn assemble(
         out.push(b'\n');
     }
     out.extend_from_slice(format!("\n--{boundary}--\n").as_bytes());
+    // RFC 2045 §6.4: a multipart holding 8-bit parts is labelled 8bit.
+    if !out.is_ascii()
+        && let Some(at) = find(&out, b"MIME-Version: 1.0\n")
+    {
+        let at = at + b"MIME-Version: 1.0\n".len();
+        out.splice(at..at, b"Content-Transfer-Encoding: 8bit\n".iter().copied());
+    }
     out
+}
+
+/// RFC 2045 §6.2: 7bit for pure ASCII, else 8bit (lines stay short enough).
+fn cte(content: &[u8]) -> &'static str {
+    if content.is_ascii() { "7bit" } else { "8bit" }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// RFC 7489 §7.3.1 / RFC 9991 §4 `Identity-Alignment`: the mechanisms that
