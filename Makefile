@@ -16,7 +16,8 @@ release:
 # Unit, milter-protocol and real-Postfix end-to-end tests, then the unit
 # tests of the load generator (benches/milterload, its own crate).
 # tests/deps.sh installs the Debian packages they use (Postfix, dkimpy,
-# OpenDKIM) when missing; the Postfix tests run as root.
+# OpenDKIM) and parsedmarc (PyPI, into a venv) when missing; the Postfix
+# tests run as root.
 test:
 	bash tests/deps.sh
 	$(CARGO) test $(CARGO_FLAGS) -- --test-threads=4

@@ -342,7 +342,7 @@ const EXIT_STATUS: &[(&str, &str)] = &[
          or written, the milter stopped on an error). Also: doctor found a high-severity \
          problem; keys check found a record missing or wrong; keys activate or retire \
          refused the change or the daemon's reload failed; keys dns found no keys; \
-         report send could not hand over a report.",
+         report send or report failures could not hand over a report.",
     ),
     (
         "2",

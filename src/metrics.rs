@@ -600,6 +600,28 @@ impl Metrics {
             "rmilter_report_runs_total{{result=\"error\"}} {}",
             sched.runs_failed.load(Ordering::Relaxed)
         );
+        let failures = &crate::report::failures::COUNTERS;
+        help(
+            &mut out,
+            "rmilter_failure_reports_total",
+            "counter",
+            "DMARC failure reports (RFC 9991): samples captured, reports generated (queued in the store), dropped (queue full or store failure), rate-limited, sent, refused destinations and failed hand-overs to the MTA (sent, refused and failed count the daemon's own schedule).",
+        );
+        for (state, counter) in [
+            ("captured", &failures.captured),
+            ("generated", &failures.generated),
+            ("dropped", &failures.dropped),
+            ("rate_limited", &failures.rate_limited),
+            ("sent", &failures.sent),
+            ("refused", &failures.refused),
+            ("failed", &failures.failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "rmilter_failure_reports_total{{state=\"{state}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }

@@ -742,6 +742,40 @@ pub struct ReportSettings {
     pub schedule_in_daemon: bool,
     /// At most this many `rua=` addresses of one DMARC record get a report.
     pub max_rua_addresses: usize,
+    /// `[report.failure]`: DMARC failure reports (RFC 9991).
+    pub failure: FailureSettings,
+}
+
+/// `[report.failure]`: which failure reports are made and how many are sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureSettings {
+    /// Capture DMARC failures of inbound mail whose record has `ruf=`.
+    pub enabled: bool,
+    /// Samples waiting for the store writer; more are dropped and counted.
+    pub queue_size: usize,
+    /// Also report failures of domains whose applied policy is none.
+    pub policy_none: bool,
+    /// RFC 6590 redaction of local parts in the returned header section.
+    pub redact: bool,
+    /// Header fields (lower-case names) left out of the returned header section.
+    pub drop_headers: Vec<String>,
+    /// Return the body too (at most `max_body_bytes`).
+    pub include_body: bool,
+    pub max_body_bytes: usize,
+    /// At most this many `ruf=` addresses of one record get a report.
+    pub max_ruf_addresses: usize,
+    /// Report the envelope recipients (`Original-Rcpt-To`); the milter then
+    /// asks Postfix for RCPT events.
+    pub include_rcpt_to: bool,
+    /// At most this many reports per (reported domain, source IP) per `per_source_period`.
+    pub per_source: u64,
+    pub per_source_period: Duration,
+    /// At most this many reports to one destination address per UTC day.
+    pub per_destination_per_day: u64,
+    /// At most this many failure report mails in total per UTC day.
+    pub max_per_day: u64,
+    /// Addresses that get a copy of every failure report sent.
+    pub bcc: Vec<String>,
 }
 
 /// A configuration that could not be loaded.

@@ -201,6 +201,28 @@ pub struct RawReport {
     pub retry_for: Option<String>,
     pub schedule: Option<String>,
     pub max_rua_addresses: Option<i64>,
+    #[serde(default)]
+    pub failure: RawFailureReports,
+}
+
+/// `[report.failure]`: DMARC failure reports (RFC 9991).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFailureReports {
+    pub enabled: Option<bool>,
+    pub queue_size: Option<i64>,
+    pub policy_none: Option<bool>,
+    pub redact: Option<bool>,
+    pub drop_headers: Option<Vec<String>>,
+    pub include_body: Option<bool>,
+    pub max_body_bytes: Option<i64>,
+    pub max_ruf_addresses: Option<i64>,
+    pub include_rcpt_to: Option<bool>,
+    pub per_source: Option<i64>,
+    pub per_source_period: Option<String>,
+    pub per_destination_per_day: Option<i64>,
+    pub max_per_day: Option<i64>,
+    pub bcc: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -216,7 +216,7 @@ pub fn render(p: &Plan, sources: &[String]) -> String {
         let _ = writeln!(o, "monitor = true\n");
     }
 
-    if p.report_enabled.is_some() || p.report_sendmail.is_some() {
+    if p.report_enabled.is_some() || p.report_sendmail.is_some() || p.report_email.is_some() {
         let _ = writeln!(o, "[report]");
         if let Some(from) = &p.report_enabled {
             comment(
@@ -228,6 +228,29 @@ pub fn render(p: &Plan, sources: &[String]) -> String {
         if let Some((v, from)) = &p.report_sendmail {
             comment(&mut o, &format!("from {from}"));
             let _ = writeln!(o, "sendmail = {}", list(v));
+        }
+        if let Some((v, from)) = &p.report_email {
+            comment(&mut o, &format!("from {from}"));
+            let _ = writeln!(o, "email = {}", q(v));
+        }
+        o.push('\n');
+    }
+    if p.failure_enabled.is_some() || p.failure_policy_none.is_some() || p.failure_bcc.is_some() {
+        let _ = writeln!(o, "[report.failure]");
+        if let Some(from) = &p.failure_enabled {
+            comment(
+                &mut o,
+                &format!("from {from}: DMARC failure reports, redacted and rate-limited (restart)"),
+            );
+            let _ = writeln!(o, "enabled = true");
+        }
+        if let Some((v, from)) = &p.failure_policy_none {
+            comment(&mut o, &format!("from {from}"));
+            let _ = writeln!(o, "policy_none = {v}");
+        }
+        if let Some((v, from)) = &p.failure_bcc {
+            comment(&mut o, &format!("from {from}"));
+            let _ = writeln!(o, "bcc = {}", list(v));
         }
         o.push('\n');
     }

@@ -152,6 +152,12 @@ pub struct Plan {
     pub quarantine: Option<(String, String)>,
     pub report_enabled: Option<String>,
     pub report_sendmail: Option<(Vec<String>, String)>,
+    /// `[report] email` (OpenDMARC FailureReportsSentBy).
+    pub report_email: Option<(String, String)>,
+    /// `[report.failure]` (OpenDMARC FailureReports*).
+    pub failure_enabled: Option<String>,
+    pub failure_policy_none: Option<(bool, String)>,
+    pub failure_bcc: Option<(Vec<String>, String)>,
     pub monitor_domains: Vec<(String, String)>,
 }
 

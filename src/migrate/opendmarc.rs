@@ -176,8 +176,20 @@ pub fn translate(c: &ConfFile, dkim: Option<&ConfFile>, cx: &mut Ctx) -> Result<
     }
     if let Some(s) = c.get("FailureReports") {
         if c.flag("FailureReports")?.unwrap_or(false) {
-            cx.add(D, s.info.name, s.at(), Status::NotSupported,
-                "failure reports (ruf=) are no longer sent: rmilter sends aggregate reports only until [report.failure] exists");
+            cx.plan.failure_enabled = Some(format!("{} FailureReports", s.at()));
+            if cx.plan.report_enabled.is_none() {
+                cx.plan.report_enabled = Some(format!("{} FailureReports", s.at()));
+            }
+            // OpenDMARC reports p=none domains only with FailureReportsOnNone;
+            // rmilter's default is to report them: keep OpenDMARC's behaviour.
+            if c.get("FailureReportsOnNone").is_none() {
+                cx.plan.failure_policy_none = Some((
+                    false,
+                    format!("{} FailureReports (FailureReportsOnNone unset)", s.at()),
+                ));
+            }
+            cx.add(D, s.info.name, s.at(), Status::Translated,
+                "report.failure.enabled = true (and report.enabled = true): failure reports are queued in report.store, redacted and rate-limited, and sent by `rmilter report send`");
         } else {
             cx.add(
                 D,
@@ -187,6 +199,54 @@ pub fn translate(c: &ConfFile, dkim: Option<&ConfFile>, cx: &mut Ctx) -> Result<
                 "switched off: nothing to translate",
             );
         }
+    }
+
+    if let Some(s) = c.get("FailureReportsOnNone") {
+        let on = c.flag("FailureReportsOnNone")?.unwrap_or(false);
+        cx.plan.failure_policy_none = Some((on, format!("{} FailureReportsOnNone", s.at())));
+        cx.add(
+            D,
+            s.info.name,
+            s.at(),
+            Status::Translated,
+            "report.failure.policy_none",
+        );
+    }
+    if let Some(s) = c.get("FailureReportsBcc") {
+        let list: Vec<String> = s
+            .value
+            .split([',', ' '])
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect();
+        cx.plan.failure_bcc = Some((list, format!("{} FailureReportsBcc", s.at())));
+        cx.add(
+            D,
+            s.info.name,
+            s.at(),
+            Status::Translated,
+            "report.failure.bcc",
+        );
+    }
+    if let Some(s) = c.get("FailureReportsSentBy") {
+        // "Name <address>" or a bare address: rmilter takes the address.
+        let value = s.value.trim();
+        let address = match (value.rfind('<'), value.rfind('>')) {
+            (Some(a), Some(b)) if a < b => &value[a + 1..b],
+            _ => value,
+        };
+        cx.plan.report_email = Some((
+            address.to_string(),
+            format!("{} FailureReportsSentBy", s.at()),
+        ));
+        cx.add(
+            D,
+            s.info.name,
+            s.at(),
+            Status::Translated,
+            "report.email (the From of aggregate and failure reports)",
+        );
     }
 
     if let Some(s) = c.get("DNSTimeout") {

@@ -93,8 +93,9 @@ const ONACT: Disposition = U(
     "a DKIM result alone never rejects or tempfails in rmilter; DMARC ([policy]) decides what happens to failing mail",
 );
 const TESTING: Disposition = N("a testing aid of OpenDKIM; use `rmilter explain`");
-const FAILREP: Disposition =
-    U("no DMARC failure reports (ruf=) are sent yet; aggregate reports ([report]) are");
+const FAILREP: Disposition = U(
+    "no DKIM failure reports (RFC 6651, r=y) are sent; DMARC failure reports (ruf=) are, with [report.failure]",
+);
 
 /// Every option of opendkim.conf(5) and opendmarc.conf(5).
 pub static OPTIONS: &[OptionInfo] = &[
@@ -493,10 +494,14 @@ pub static OPTIONS: &[OptionInfo] = &[
         "EnableCoredumps",
         N("systemd's core dump settings apply"),
     ),
-    o(M, "FailureReports", FAILREP),
-    o(M, "FailureReportsBcc", FAILREP),
-    o(M, "FailureReportsOnNone", FAILREP),
-    o(M, "FailureReportsSentBy", FAILREP),
+    o(
+        M,
+        "FailureReports",
+        T("report.failure.enabled (and report.enabled: the reports are queued in report.store)"),
+    ),
+    o(M, "FailureReportsBcc", T("report.failure.bcc")),
+    o(M, "FailureReportsOnNone", T("report.failure.policy_none")),
+    o(M, "FailureReportsSentBy", T("report.email")),
     o(
         M,
         "HistoryFile",

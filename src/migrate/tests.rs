@@ -366,7 +366,13 @@ fn opendmarc_reject_failures_and_history() {
             .collect::<Vec<_>>()
     };
     assert_eq!(status("TrustedAuthservIDs"), [Status::NotNeeded]);
-    assert_eq!(status("FailureReports"), [Status::NotSupported]);
+    assert_eq!(status("FailureReports"), [Status::Translated]);
+    assert_eq!(table["report"]["failure"]["enabled"].as_bool(), Some(true));
+    // OpenDMARC did not report p=none domains without FailureReportsOnNone.
+    assert_eq!(
+        table["report"]["failure"]["policy_none"].as_bool(),
+        Some(false)
+    );
 
     // Without RejectFailures OpenDMARC never acted: monitor mode, no behaviour change.
     let conf = write(
@@ -418,6 +424,37 @@ fn readme_option_table_matches_the_code() {
         readme[a..b] == table,
         "README's option table is out of date; run with RMILTER_WRITE_README=1"
     );
+}
+
+#[test]
+fn opendmarc_failure_report_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write(
+        dir.path(),
+        "opendmarc.conf",
+        "FailureReports true\nFailureReportsOnNone true\nFailureReportsBcc dmarc-copies@example.org\nFailureReportsSentBy OpenDMARC <dmarc-noreply@example.org>\n",
+    );
+    let m = run(None, Some(conf)).unwrap();
+    let table: toml::Table = m.config.parse().unwrap();
+    assert_eq!(table["report"]["enabled"].as_bool(), Some(true));
+    assert_eq!(
+        table["report"]["email"].as_str(),
+        Some("dmarc-noreply@example.org")
+    );
+    let failure = &table["report"]["failure"];
+    assert_eq!(failure["enabled"].as_bool(), Some(true));
+    assert_eq!(failure["policy_none"].as_bool(), Some(true));
+    assert_eq!(
+        failure["bcc"].as_array().unwrap()[0].as_str(),
+        Some("dmarc-copies@example.org")
+    );
+    // The migrated file loads.
+    crate::config::from_text(
+        crate::config::Source::Embedded,
+        &m.config,
+        &crate::config::Overrides::default(),
+    )
+    .unwrap();
 }
 
 #[test]

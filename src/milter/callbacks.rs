@@ -44,6 +44,15 @@ pub fn callbacks(state: Arc<MilterState>) -> Callbacks<Session> {
                 apply(&mut cx.reply, reply)
             })
         })
+        .on_rcpt(|cx, args| {
+            Box::pin(async move {
+                let rcpt = args
+                    .first()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                with_session(cx, |s| s.rcpt(&rcpt))
+            })
+        })
         .on_header(|cx, name, value| {
             Box::pin(
                 async move { with_session(cx, |s| s.header(name.as_bytes(), value.as_bytes())) },
@@ -105,6 +114,13 @@ fn negotiate(
             | ProtoOpts::NOREPLY_MAIL
             | ProtoOpts::NOREPLY_HEADER
             | ProtoOpts::NOREPLY_BODY);
+    // RCPT events only when failure reports include the recipients
+    // ([report.failure] include_rcpt_to): otherwise Postfix skips them.
+    if state.runtime().config.report.failure.include_rcpt_to {
+        cx.requested_opts |= mta_opts & ProtoOpts::NOREPLY_RCPT;
+    } else {
+        cx.requested_opts |= ProtoOpts::NO_RCPT;
+    }
     let granted = cx.requested_opts;
     for (stage, macros) in [
         (
@@ -128,6 +144,7 @@ fn negotiate(
             mail: granted.contains(ProtoOpts::NOREPLY_MAIL),
             header: granted.contains(ProtoOpts::NOREPLY_HEADER),
             body: granted.contains(ProtoOpts::NOREPLY_BODY),
+            rcpt: granted.contains(ProtoOpts::NOREPLY_RCPT),
         },
     ));
     Status::Continue

@@ -9,6 +9,8 @@ use super::MilterState;
 use super::session::{Client, EomPlan, Message, Reply, internal_error};
 use crate::config::{Action, Config};
 use crate::identity::{Author, Refusal};
+use crate::report::failure::{self, DeliveryResult, DkimFacts, FailureSample, SpfFacts};
+use crate::report::failures::Capture;
 use crate::report::{DkimRecord, Evaluation, PublishedPolicy, SpfRecord};
 use crate::runtime::Runtime;
 use crate::verify::authres::{self, ResInfo};
@@ -189,6 +191,14 @@ pub(super) async fn finish(
         receiver: config.authserv_id.as_str(),
     };
     let evaluated = evaluate(&msg.runtime, &input).await;
+    let capture = failure_capture(
+        config,
+        client,
+        &msg,
+        ip,
+        contents.as_deref().unwrap_or_default(),
+        &evaluated,
+    );
     drop(contents);
     let Evaluated {
         verdict,
@@ -214,8 +224,117 @@ pub(super) async fn finish(
             .sink()
             .record(evaluation(&msg, ip, &verdict, &decision, &found.domain));
     }
+    if let Some(capture) = capture {
+        state.sink().failure(capture);
+    }
     log_decision(&msg, client, &verdict, &decision);
     plan
+}
+
+/// The failure-report sample of a message (RFC 9991), when
+/// `[report.failure]` is on, DMARC failed, the applied record has `ruf=`
+/// mailto: addresses, and its `fo=` asks for this failure. Only copies:
+/// the queue and the store are the writer's business.
+fn failure_capture(
+    config: &Config,
+    client: &Client,
+    msg: &Message,
+    ip: Option<IpAddr>,
+    message: &[u8],
+    evaluated: &Evaluated,
+) -> Option<Capture> {
+    let settings = &config.report.failure;
+    let verdict = &evaluated.verdict;
+    if !settings.enabled
+        || verdict.dmarc.status != DmarcStatus::Fail
+        // A tempfailed message comes back; it is reported then.
+        || evaluated.decision.action == Action::Tempfail
+    {
+        return None;
+    }
+    if !settings.policy_none && policy_str(verdict.dmarc.policy) == "none" {
+        return None;
+    }
+    let record = verdict.dmarc.record.as_ref()?;
+    let policy_domain = verdict.dmarc.policy_record.as_ref()?.domain.clone();
+    // RFC 9989 §4.7 / RFC 7489 §6.2: a receiver may cap the number of
+    // reporting URIs it uses.
+    let destinations: Vec<(String, usize)> = record
+        .ruf
+        .iter()
+        .filter_map(|u| u.address.as_ref().map(|a| (a.clone(), u.max_size)))
+        .take(settings.max_ruf_addresses)
+        .collect();
+    if destinations.is_empty() {
+        return None;
+    }
+    let (headers, body) = split_message(message);
+    let sample = FailureSample {
+        reported_domain: verdict.dmarc.domain.clone(),
+        source_ip: ip?,
+        arrival: crate::report::unix_time(std::time::SystemTime::now()),
+        helo: client.helo.clone(),
+        mail_from: msg.sender.clone(),
+        // RFC 9991 §3: Original-Rcpt-To only if the receiver chose to.
+        rcpt_to: if settings.include_rcpt_to {
+            msg.rcpt_to.clone()
+        } else {
+            Vec::new()
+        },
+        authentication_results: evaluated.results.clone(),
+        dkim: verdict
+            .dkim
+            .iter()
+            .filter(|d| !d.domain.is_empty())
+            .map(|d| DkimFacts {
+                domain: d.domain.clone(),
+                selector: d.selector.clone(),
+                identity: format!("@{}", d.domain),
+                result: d.status.as_str().to_string(),
+            })
+            .collect(),
+        spf: Some(SpfFacts {
+            domain: verdict.spf_mail_from.domain.clone(),
+            scope: if msg.sender.is_empty() {
+                "helo"
+            } else {
+                "mfrom"
+            }
+            .to_string(),
+            result: verdict.spf_mail_from.result.as_str().to_string(),
+            record: None,
+        }),
+        dkim_aligned_pass: verdict.dmarc.dkim_aligned,
+        spf_aligned_pass: verdict.dmarc.spf_aligned,
+        delivery_result: match evaluated.decision.action {
+            Action::Accept => DeliveryResult::Delivered,
+            Action::Quarantine => DeliveryResult::Spam,
+            Action::Reject => DeliveryResult::Policy,
+            Action::Tempfail => DeliveryResult::Other,
+        },
+        headers: headers.to_vec(),
+        body: settings
+            .include_body
+            .then(|| body[..body.len().min(settings.max_body_bytes)].to_vec()),
+    };
+    // RFC 9991 §3: fo= decides which failures are reported.
+    if !failure::wanted(&record.fo, &sample) {
+        return None;
+    }
+    Some(Capture {
+        policy_domain,
+        destinations,
+        sample,
+    })
+}
+
+/// The header section (each line CRLF-terminated, without the empty line)
+/// and the body of a spooled message.
+fn split_message(message: &[u8]) -> (&[u8], &[u8]) {
+    match message.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => (&message[..i + 2], &message[i + 4..]),
+        None => (message, &[]),
+    }
 }
 
 /// Whether a message falls inside a `pct=` sample.

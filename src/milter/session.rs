@@ -96,6 +96,9 @@ pub(super) struct Message {
     _in_flight: InFlight,
     pub(super) queue_id: String,
     pub(super) sender: String,
+    /// Envelope recipients, kept only for failure reports that include
+    /// them (`[report.failure] include_rcpt_to`), at most [`MAX_RCPT`].
+    pub(super) rcpt_to: Vec<String>,
     auth_user: Option<String>,
     /// `{daemon_name}` as the SMTP server set it. Postfix's cleanup, which
     /// sends the header and body events, reports main.cf's value instead.
@@ -137,6 +140,8 @@ pub struct Session {
 }
 
 const NOQUEUE: &str = "NOQUEUE";
+/// Envelope recipients kept per message for failure reports at most.
+const MAX_RCPT: usize = 100;
 
 /// The stages the MTA agreed to send without waiting for an answer
 /// (SMFIP_NR_*). rmilter never refuses at these stages, so each skipped
@@ -148,6 +153,7 @@ pub struct NoReply {
     pub mail: bool,
     pub header: bool,
     pub body: bool,
+    pub rcpt: bool,
 }
 
 fn continue_or_noreply(noreply: bool) -> Reply {
@@ -201,6 +207,7 @@ impl Session {
                 .trim_start_matches('<')
                 .trim_end_matches('>')
                 .to_string(),
+            rcpt_to: Vec::new(),
             auth_user,
             daemon_name: macro_value(macros, "{daemon_name}"),
             headers: Vec::new(),
@@ -220,6 +227,20 @@ impl Session {
             headers_done: false,
         });
         continue_or_noreply(self.noreply.mail)
+    }
+
+    /// RCPT (only negotiated with `[report.failure] include_rcpt_to`).
+    pub fn rcpt(&mut self, rcpt: &str) -> Reply {
+        if let Some(msg) = self.message.as_mut()
+            && msg.rcpt_to.len() < MAX_RCPT
+        {
+            msg.rcpt_to.push(
+                rcpt.trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string(),
+            );
+        }
+        continue_or_noreply(self.noreply.rcpt)
     }
 
     pub fn header(&mut self, name: &[u8], value: &[u8]) -> Reply {

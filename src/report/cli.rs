@@ -28,6 +28,28 @@ pub enum ReportCommand {
     /// Prints one line per delivery and a summary; exits 1 when a store
     /// error or a failed hand-over to the MTA occurred.
     Send(SendArgs),
+    /// Send the queued DMARC failure reports (RFC 9991) now.
+    ///
+    /// `report send` sends them too; this sends only them. With --dry-run,
+    /// show each queued report's destinations and what would happen
+    /// (authorisation, !size, rate limits) without sending or changing
+    /// anything; add --print to see the report mails themselves.
+    Failures(FailuresArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FailuresArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Show what would be sent; change nothing, mail nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: print each report mail that would be sent
+    #[arg(long, requires = "dry_run")]
+    pub print: bool,
+    /// Take TIME (RFC 3339 or Unix seconds) as the current time
+    #[arg(long, value_name = "TIME")]
+    pub now: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +93,7 @@ pub fn main(command: ReportCommand) -> ExitCode {
     match command {
         ReportCommand::Generate(args) => run_generate(&args),
         ReportCommand::Send(args) => run_send(&args),
+        ReportCommand::Failures(args) => run_failures(&args),
     }
 }
 
@@ -207,6 +230,34 @@ fn run_send(args: &SendArgs) -> ExitCode {
     };
     let mut out = std::io::stdout();
     match send::run(&config.report, &config.dns, &options, &mut out) {
+        Ok(summary) => {
+            println!("{}", summary.line(args.dry_run));
+            let _ = out.flush();
+            if summary.failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => fail(format!("{e:#}")),
+    }
+}
+
+fn run_failures(args: &FailuresArgs) -> ExitCode {
+    let config = match load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let now = match now_from(&args.now) {
+        Ok(n) => n,
+        Err(m) => return fail(m),
+    };
+    let options = send::Options {
+        dry_run: args.dry_run,
+        now,
+    };
+    let mut out = std::io::stdout();
+    match super::failures::run(&config.report, &config.dns, &options, args.print, &mut out) {
         Ok(summary) => {
             println!("{}", summary.line(args.dry_run));
             let _ = out.flush();

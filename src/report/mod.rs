@@ -10,6 +10,8 @@
 //! exactly as often as needed and never with a new identity ([`send`]).
 
 pub mod cli;
+pub mod failure;
+pub mod failures;
 pub mod generate;
 pub mod send;
 pub mod sink;
@@ -105,6 +107,10 @@ pub struct Evaluation {
 pub trait EvaluationSink: Send + Sync {
     fn record(&self, evaluation: Evaluation);
 
+    /// A DMARC failure of a message whose record has `ruf=` (RFC 9991),
+    /// for the failure-report queue. Must return at once.
+    fn failure(&self, _capture: failures::Capture) {}
+
     /// The store writer's counters, for the metrics endpoint; `None` for
     /// sinks that keep no store.
     fn stats(&self) -> Option<std::sync::Arc<sink::Stats>> {
@@ -125,9 +131,17 @@ impl EvaluationSink for Discard {
 
 /// Keeps every record in memory (tests and `rmilter explain`).
 #[derive(Default)]
-pub struct MemorySink(Mutex<Vec<Evaluation>>);
+pub struct MemorySink(Mutex<Vec<Evaluation>>, Mutex<Vec<failures::Capture>>);
 
 impl MemorySink {
+    /// The failure captures handed over so far.
+    pub fn take_failures(&self) -> Vec<failures::Capture> {
+        match self.1.lock() {
+            Ok(mut v) => std::mem::take(&mut *v),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        }
+    }
+
     pub fn take(&self) -> Vec<Evaluation> {
         match self.0.lock() {
             Ok(mut v) => std::mem::take(&mut *v),
@@ -141,6 +155,13 @@ impl EvaluationSink for MemorySink {
         match self.0.lock() {
             Ok(mut v) => v.push(evaluation),
             Err(p) => p.into_inner().push(evaluation),
+        }
+    }
+
+    fn failure(&self, capture: failures::Capture) {
+        match self.1.lock() {
+            Ok(mut v) => v.push(capture),
+            Err(p) => p.into_inner().push(capture),
         }
     }
 }

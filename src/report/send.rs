@@ -52,6 +52,8 @@ pub struct Summary {
     pub failed: usize,
     /// Dry run: deliveries that would be sent.
     pub would_send: usize,
+    /// The failure reports (RFC 9991) of the run.
+    pub failures: super::failures::Summary,
 }
 
 pub struct Options {
@@ -404,12 +406,24 @@ pub fn run(
             }
         }
     }
+    // RFC 9991 failure reports queued by the milter go out with the same
+    // sender, store and claims.
+    let run = super::failures::Run {
+        settings,
+        rt: &rt,
+        resolver: &resolver,
+        owner: &owner,
+        now,
+        dry_run: options.dry_run,
+        print: false,
+    };
+    summary.failures = super::failures::send_due(&mut store, &run, progress)?;
     Ok(summary)
 }
 
 impl Summary {
     pub fn line(&self, dry_run: bool) -> String {
-        if dry_run {
+        let base = if dry_run {
             format!(
                 "report send (dry run): {} reports, would send {}, already sent {}, skipped {}, postponed {}",
                 self.reports, self.would_send, self.done, self.skipped, self.postponed
@@ -425,18 +439,23 @@ impl Summary {
                 self.postponed,
                 self.failed
             )
+        };
+        if self.failures.reports > 0 {
+            format!("{base}; {}", self.failures.line(dry_run))
+        } else {
+            base
         }
     }
 }
 
 /// Retry delay after `attempts` failed hand-overs: 5 minutes, doubling, at most 6 hours.
-fn backoff(attempts: i64) -> i64 {
+pub(crate) fn backoff(attempts: i64) -> i64 {
     let shift = (attempts - 1).clamp(0, 10) as u32;
     (300i64 << shift).min(6 * 3600)
 }
 
 /// `name` is `parent` or below it.
-fn within(name: &str, parent: &str) -> bool {
+pub(crate) fn within(name: &str, parent: &str) -> bool {
     let name = name.to_ascii_lowercase();
     let parent = parent.to_ascii_lowercase();
     name == parent || name.ends_with(&format!(".{parent}"))
@@ -514,7 +533,7 @@ pub(crate) async fn authorised(dns: &HickoryDns, domain: &str, dest_domain: &str
 
 /// An address safe to put on a command line and in a header: local@domain
 /// with no whitespace, controls or header specials.
-fn valid_address(address: &str) -> bool {
+pub(crate) fn valid_address(address: &str) -> bool {
     let Some((local, domain)) = address.rsplit_once('@') else {
         return false;
     };
@@ -602,7 +621,12 @@ pub fn rfc5322_date(t: i64) -> String {
 
 /// Hand one message to the local MTA: `sendmail -i -f FROM -- TO`. Exit
 /// status 0 means the MTA has queued it.
-fn sendmail(command: &[String], from: &str, to: &str, message: &[u8]) -> Result<(), String> {
+pub(crate) fn sendmail(
+    command: &[String],
+    from: &str,
+    to: &str,
+    message: &[u8],
+) -> Result<(), String> {
     let (program, args) = command.split_first().ok_or("report.sendmail is empty")?;
     let mut child = Command::new(program)
         .args(args)

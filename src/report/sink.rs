@@ -101,6 +101,8 @@ impl Stats {
 pub struct StoreSink {
     tx: SyncSender<Evaluation>,
     stats: Arc<Stats>,
+    /// The failure-report queue (RFC 9991), when `[report.failure]` is on.
+    failures: Option<super::failures::FailureQueue>,
 }
 
 impl StoreSink {
@@ -122,7 +124,15 @@ impl StoreSink {
         if let Err(e) = spawned {
             warn!(error = %e, "report store: cannot start the writer thread; evaluations are dropped");
         }
-        Arc::new(StoreSink { tx, stats })
+        let failures = settings
+            .failure
+            .enabled
+            .then(|| super::failures::FailureQueue::start(settings));
+        Arc::new(StoreSink {
+            tx,
+            stats,
+            failures,
+        })
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
@@ -147,8 +157,17 @@ impl EvaluationSink for StoreSink {
         Some(self.stats.clone())
     }
 
+    fn failure(&self, capture: super::failures::Capture) {
+        if let Some(queue) = &self.failures {
+            queue.offer(capture);
+        }
+    }
+
     fn finish(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
+        if let Some(queue) = &self.failures {
+            queue.finish(timeout);
+        }
         let s = &self.stats;
         while s.written() + s.dropped() < s.received() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
@@ -372,6 +391,16 @@ pub fn for_daemon(config: &crate::config::Config) -> Option<Arc<dyn EvaluationSi
             .spawn(move || schedule(&settings, &dns));
         if let Err(e) = spawned {
             warn!(error = %e, "cannot start the report scheduler");
+        }
+        if config.report.failure.enabled {
+            let settings = config.report.clone();
+            let dns = config.dns.clone();
+            let spawned = std::thread::Builder::new()
+                .name("rmilter-failure-send".to_string())
+                .spawn(move || super::failures::schedule(&settings, &dns));
+            if let Err(e) = spawned {
+                warn!(error = %e, "cannot start the failure report scheduler");
+            }
         }
     }
     Some(sink)

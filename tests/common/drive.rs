@@ -218,7 +218,7 @@ pub async fn send_message(conn: &mut TestConnection, env: &Envelope, raw: &[u8])
         .unwrap();
         if !opts.contains(ProtoOpts::NO_RCPT) {
             let status = conn.rcpt([rcpt.as_str()]).await.unwrap();
-            if status != Status::Continue {
+            if !matches!(status, Status::Continue | Status::Noreply) {
                 return done("rcpt", status);
             }
         }

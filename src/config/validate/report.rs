@@ -1,7 +1,7 @@
 //! Validation of the `[report]` section (DMARC aggregate reports, RFC 9990).
 
-use super::super::raw::RawReport;
-use super::super::{ReportFormat, ReportSettings, ReportStore};
+use super::super::raw::{RawFailureReports, RawReport};
+use super::super::{FailureSettings, ReportFormat, ReportSettings, ReportStore};
 use super::{Ctx, count, duration, host_name, normalize_domain};
 use crate::config::ConfigError;
 use std::path::PathBuf;
@@ -134,8 +134,16 @@ pub(super) fn report(ctx: &Ctx, raw: RawReport) -> Result<ReportSettings, Config
         1,
         100,
     )?;
+    let enabled = raw.enabled.unwrap_or(false);
+    let failure = failure(ctx, raw.failure)?;
+    if failure.enabled && !enabled {
+        return Err(ctx.err(
+            "report.failure.enabled",
+            "failure reports are queued in the report store: set report.enabled = true too",
+        ));
+    }
     Ok(ReportSettings {
-        enabled: raw.enabled.unwrap_or(false),
+        enabled,
         store,
         org_name,
         email,
@@ -151,6 +159,102 @@ pub(super) fn report(ctx: &Ctx, raw: RawReport) -> Result<ReportSettings, Config
         retry_for,
         schedule_in_daemon,
         max_rua_addresses,
+        failure,
+    })
+}
+
+/// `[report.failure]` (RFC 9991 failure reports).
+fn failure(ctx: &Ctx, raw: RawFailureReports) -> Result<FailureSettings, ConfigError> {
+    let queue_size = count(
+        ctx,
+        "report.failure.queue_size",
+        raw.queue_size,
+        1000,
+        1,
+        1_000_000,
+    )?;
+    let mut drop_headers = Vec::new();
+    for name in raw.drop_headers.unwrap_or_default() {
+        // RFC 5322 §3.6.8: a field name is printable ASCII except ':'.
+        if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
+            return Err(ctx.err(
+                "report.failure.drop_headers",
+                format!("{name:?} is not a header field name"),
+            ));
+        }
+        drop_headers.push(name.to_ascii_lowercase());
+    }
+    let max_body_bytes = count(
+        ctx,
+        "report.failure.max_body_bytes",
+        raw.max_body_bytes,
+        65_536,
+        0,
+        10 << 20,
+    )?;
+    let max_ruf_addresses = count(
+        ctx,
+        "report.failure.max_ruf_addresses",
+        raw.max_ruf_addresses,
+        2,
+        1,
+        100,
+    )?;
+    let per_source = count(
+        ctx,
+        "report.failure.per_source",
+        raw.per_source,
+        1,
+        0,
+        1_000_000,
+    )?;
+    let per_source_period = duration(
+        ctx,
+        "report.failure.per_source_period",
+        raw.per_source_period.as_deref(),
+        "1h",
+    )?;
+    if per_source_period < Duration::from_secs(1) || per_source_period > Duration::from_secs(DAY) {
+        return Err(ctx.err(
+            "report.failure.per_source_period",
+            "must be between 1s and 1d",
+        ));
+    }
+    let per_destination_per_day = count(
+        ctx,
+        "report.failure.per_destination_per_day",
+        raw.per_destination_per_day,
+        50,
+        0,
+        1_000_000,
+    )?;
+    let max_per_day = count(
+        ctx,
+        "report.failure.max_per_day",
+        raw.max_per_day,
+        1000,
+        0,
+        10_000_000,
+    )?;
+    let mut bcc = Vec::new();
+    for address in raw.bcc.unwrap_or_default() {
+        bcc.push(check_address(&address).map_err(|m| ctx.err("report.failure.bcc", m))?);
+    }
+    Ok(FailureSettings {
+        enabled: raw.enabled.unwrap_or(false),
+        queue_size,
+        policy_none: raw.policy_none.unwrap_or(true),
+        redact: raw.redact.unwrap_or(true),
+        drop_headers,
+        include_body: raw.include_body.unwrap_or(false),
+        max_body_bytes,
+        max_ruf_addresses,
+        include_rcpt_to: raw.include_rcpt_to.unwrap_or(false),
+        per_source: per_source as u64,
+        per_source_period,
+        per_destination_per_day: per_destination_per_day as u64,
+        max_per_day: max_per_day as u64,
+        bcc,
     })
 }
 

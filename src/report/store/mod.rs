@@ -145,6 +145,33 @@ const MIGRATIONS: &[&str] = &[
         updated BIGINT NOT NULL,
         PRIMARY KEY (policy_domain, period_begin, destination)
     );",
+    // 2: DMARC failure reports (RFC 9991): the queue, and the rate-limit
+    // counters shared by every host and run using the store.
+    "CREATE TABLE failure_reports (
+        id TEXT PRIMARY KEY,
+        reported_domain TEXT NOT NULL,
+        policy_domain TEXT NOT NULL,
+        source_ip TEXT NOT NULL,
+        destinations TEXT NOT NULL,
+        sample TEXT NOT NULL,
+        done TEXT NOT NULL,
+        state TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        lease_until BIGINT NOT NULL,
+        attempts BIGINT NOT NULL,
+        next_attempt BIGINT NOT NULL,
+        last_error TEXT NOT NULL,
+        created BIGINT NOT NULL,
+        updated BIGINT NOT NULL
+    );
+    CREATE INDEX failure_reports_state ON failure_reports (state, next_attempt);
+    CREATE TABLE failure_limits (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        window_begin BIGINT NOT NULL,
+        count BIGINT NOT NULL,
+        PRIMARY KEY (kind, key, window_begin)
+    );",
 ];
 
 /// The published policy of a report (RFC 9990 `policy_published`).
@@ -680,6 +707,199 @@ impl Store {
             Value::Text(t) => t.parse().unwrap_or(0),
             v => v.int(),
         }))
+    }
+}
+
+/// One queued failure report (RFC 9991) as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedFailure {
+    pub id: String,
+    pub reported_domain: String,
+    /// The domain whose DMARC record applied (the authorisation check is
+    /// made for it, RFC 9990 §4).
+    pub policy_domain: String,
+    pub source_ip: String,
+    /// `ruf=` destinations as JSON `[[address, max_size], …]`.
+    pub destinations: String,
+    /// The failure sample as JSON.
+    pub sample: String,
+    /// Destinations finished with (sent or refused), as JSON `[address, …]`.
+    pub done: String,
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt: i64,
+    pub last_error: String,
+    pub created: i64,
+}
+
+const FAILURE_COLUMNS: &str = "id, reported_domain, policy_domain, source_ip, destinations, sample, done, state, attempts, next_attempt, last_error, created";
+
+fn queued_failure(r: &[Value]) -> QueuedFailure {
+    QueuedFailure {
+        id: r[0].text(),
+        reported_domain: r[1].text(),
+        policy_domain: r[2].text(),
+        source_ip: r[3].text(),
+        destinations: r[4].text(),
+        sample: r[5].text(),
+        done: r[6].text(),
+        state: r[7].text(),
+        attempts: r[8].int(),
+        next_attempt: r[9].int(),
+        last_error: r[10].text(),
+        created: r[11].int(),
+    }
+}
+
+/// Failure-report queue and rate limits.
+impl Store {
+    /// Count one against the limit `limit` of (`kind`, `key`) in the window
+    /// beginning at `window`: true when still under it (and counted). One
+    /// conditional upsert, so hosts sharing the store cannot both take the
+    /// last one, and the count survives restarts.
+    pub fn take_limit(
+        &mut self,
+        kind: &str,
+        key: &str,
+        window: i64,
+        limit: u64,
+    ) -> Result<bool, StoreError> {
+        if limit == 0 {
+            return Ok(false);
+        }
+        let n = self.exec(
+            "INSERT INTO failure_limits (kind, key, window_begin, count) VALUES (?1, ?2, ?3, 1)
+             ON CONFLICT (kind, key, window_begin) DO UPDATE
+             SET count = failure_limits.count + 1
+             WHERE failure_limits.count < ?4",
+            &[
+                kind.into(),
+                key.into(),
+                window.into(),
+                (limit as i64).into(),
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// The count of (`kind`, `key`) in the window beginning at `window`.
+    pub fn limit_count(&mut self, kind: &str, key: &str, window: i64) -> Result<i64, StoreError> {
+        let rows = self.query(
+            "SELECT count FROM failure_limits WHERE kind = ?1 AND key = ?2 AND window_begin = ?3",
+            &[kind.into(), key.into(), window.into()],
+        )?;
+        Ok(rows.first().and_then(|r| r.first()).map_or(0, Value::int))
+    }
+
+    /// Queue a failure report (pending).
+    pub fn queue_failure(&mut self, f: &QueuedFailure, now: i64) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO failure_reports (id, reported_domain, policy_domain, source_ip,
+                 destinations, sample, done, state, owner, lease_until, attempts, next_attempt,
+                 last_error, created, updated)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, '[]', 'pending', '', 0, 0, 0, '', ?7, ?7)
+             ON CONFLICT (id) DO NOTHING",
+            &[
+                (&f.id).into(),
+                (&f.reported_domain).into(),
+                (&f.policy_domain).into(),
+                (&f.source_ip).into(),
+                (&f.destinations).into(),
+                (&f.sample).into(),
+                now.into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Failure reports not yet finished (pending or being sent), oldest first.
+    pub fn failures_open(&mut self) -> Result<Vec<QueuedFailure>, StoreError> {
+        let rows = self.query(
+            &format!(
+                "SELECT {FAILURE_COLUMNS} FROM failure_reports
+                 WHERE state IN ('pending', 'sending') ORDER BY created, id"
+            ),
+            &[],
+        )?;
+        Ok(rows.iter().map(|r| queued_failure(r)).collect())
+    }
+
+    /// Every failure report in the store, oldest first (tests, status).
+    pub fn failures_all(&mut self) -> Result<Vec<QueuedFailure>, StoreError> {
+        let rows = self.query(
+            &format!("SELECT {FAILURE_COLUMNS} FROM failure_reports ORDER BY created, id"),
+            &[],
+        )?;
+        Ok(rows.iter().map(|r| queued_failure(r)).collect())
+    }
+
+    /// Claim a failure report for `owner` (as [`Store::claim`]).
+    pub fn claim_failure(
+        &mut self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        let n = self.exec(
+            "UPDATE failure_reports
+             SET state = 'sending', owner = ?2, lease_until = ?4, attempts = attempts + 1, updated = ?3
+             WHERE id = ?1
+               AND ((state = 'pending' AND next_attempt <= ?3)
+                    OR (state = 'sending' AND lease_until < ?3))",
+            &[id.into(), owner.into(), now.into(), lease_until.into()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Record the destinations finished with so far (only the claim's owner).
+    pub fn failure_done(&mut self, id: &str, owner: &str, done: &str) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE failure_reports SET done = ?3
+             WHERE id = ?1 AND state = 'sending' AND owner = ?2",
+            &[id.into(), owner.into(), done.into()],
+        )?;
+        Ok(())
+    }
+
+    /// End a claim: `state` sent, skipped or pending (retry at `next_attempt`).
+    pub fn finish_failure(
+        &mut self,
+        id: &str,
+        owner: &str,
+        state: &str,
+        error: &str,
+        next_attempt: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let n = self.exec(
+            "UPDATE failure_reports
+             SET state = ?3, owner = '', lease_until = 0, last_error = ?4, next_attempt = ?5, updated = ?6
+             WHERE id = ?1 AND state = 'sending' AND owner = ?2",
+            &[
+                id.into(),
+                owner.into(),
+                state.into(),
+                error.into(),
+                next_attempt.into(),
+                now.into(),
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Delete failure reports queued before `before`, and rate-limit
+    /// windows that began before it.
+    pub fn purge_failures(&mut self, before: i64) -> Result<u64, StoreError> {
+        let mut n = self.exec(
+            "DELETE FROM failure_reports WHERE created < ?1",
+            &[before.into()],
+        )?;
+        n += self.exec(
+            "DELETE FROM failure_limits WHERE window_begin < ?1",
+            &[before.into()],
+        )?;
+        Ok(n)
     }
 }
 
