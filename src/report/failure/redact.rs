@@ -185,6 +185,11 @@ pub fn redact_addresses(text: &[u8], masker: &mut Masker) -> Vec<u8> {
                 }
             }
         }
+        // Never back into text already copied (a quoted local part that
+        // holds an `@` of its own: `"ceo@bank.example"@evil.example`): mask
+        // from there instead, so nothing of it is left and no slice runs
+        // backwards.
+        let start = start.max(copied);
         if start < i {
             out.extend_from_slice(&text[copied..start]);
             out.extend_from_slice(masker.mask(&text[start..i]).as_bytes());

@@ -426,3 +426,24 @@ proptest::proptest! {
         }
     }
 }
+
+/// A quoted local part holding an `@` of its own (`"ceo@bank.example"@…`),
+/// in any header a sender writes: masked whole, and no panic (the quote
+/// search once ran back into text already copied).
+#[test]
+fn quoted_local_part_with_an_at_sign_is_masked_without_panicking() {
+    for text in [
+        "\"x@y.example\"@d.example",
+        "Subject: \"ceo@bank.example\"@evil.example and a@b.example",
+        "\"a\"@b.example \"c@d\"@e.example",
+    ] {
+        let mut masker = Masker::new();
+        let out = String::from_utf8(redact_addresses(text.as_bytes(), &mut masker)).unwrap();
+        for local in ["x@", "ceo", "\"c@d\""] {
+            assert!(
+                !out.contains(local),
+                "{local:?} left in {out:?} (from {text:?})"
+            );
+        }
+    }
+}
