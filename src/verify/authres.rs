@@ -109,7 +109,10 @@ pub fn forged(value: &[u8], ours: &str) -> Option<Forged> {
             }
             i += 1;
         }
-        out.into()
+        // Whitespace inside the quotes (`" mx.example.org"`) is no part of
+        // a host name, and a reader that trims it would see ours.
+        let trimmed = out.trim_ascii();
+        trimmed.to_vec().into()
     } else {
         // The rest of the value: what follows the id decides as well.
         value[start..].into()
@@ -353,6 +356,9 @@ mod tests {
             ("\u{a0}mx.desk.example; dmarc=pass".as_bytes(), Some(Unsafe)),
             (b" other.example\x7f; none", Some(Unsafe)),
             (b" \"other\texample\"; none", Some(Unsafe)),
+            // Whitespace inside a quoted id: a reader that trims would see ours.
+            (b" \" mx.desk.example\"; dmarc=pass", Some(Ours)),
+            (b" \"mx.desk.example \"; dmarc=pass", Some(Ours)),
             (b" \xff; none", Some(Unsafe)),
             // No id at all.
             (b" ; dkim=pass", Some(Unreadable)),
