@@ -11,6 +11,7 @@ use mail_auth::hickory_resolver::TokioResolver;
 use mail_auth::hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
 };
+use mail_auth::hickory_resolver::net::NetError;
 use mail_auth::hickory_resolver::proto::rr::{Name, RecordType};
 use mail_auth::hickory_resolver::system_conf::read_system_conf;
 use std::sync::Arc;
@@ -59,12 +60,13 @@ pub fn authenticator(settings: &DnsSettings) -> anyhow::Result<MessageAuthentica
 }
 
 /// Whether the resolver itself answers. When a message's lookups time out,
-/// one background probe asks the resolver for the root zone's SOA (which
-/// any resolver answers at once, whatever the queried domains do); while it
-/// fails, verification answers temperror without waiting for lookups, and
-/// the probe repeats every second until the resolver is back (RELIABILITY
-/// N7). A domain with dead name servers cannot trip this: only the
-/// resolver's own silence does.
+/// one background probe asks the resolver for a fresh name under the root
+/// (which any resolver answers at once with NXDOMAIN, whatever the queried
+/// domains do, and no cache can answer for it); while it gets no answer,
+/// verification answers temperror without waiting for lookups, and the
+/// probe repeats every second until the resolver is back (RELIABILITY N7).
+/// A domain with dead name servers cannot trip this: only the resolver's
+/// own silence does.
 #[derive(Default)]
 pub struct ResolverHealth {
     down: AtomicBool,
@@ -72,6 +74,31 @@ pub struct ResolverHealth {
 }
 
 impl ResolverHealth {
+    /// Whether the resolver gives no answer at all within `within` to a
+    /// query for a name nobody has asked before (a random label under the
+    /// root, so neither rmilter's cache nor the resolver's can answer it).
+    /// Any DNS answer, NXDOMAIN included, means the resolver works.
+    pub async fn silent(resolver: &TokioResolver, within: Duration) -> bool {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        let Ok(name) = Name::from_ascii(format!("rmilter-probe-{:016x}.", h.finish())) else {
+            return false;
+        };
+        match tokio::time::timeout(within, resolver.lookup(name, RecordType::SOA)).await {
+            Err(_) => true,
+            Ok(Ok(_)) => false,
+            // NXDOMAIN, NODATA, SERVFAIL, REFUSED: the resolver answered.
+            Ok(Err(NetError::Dns(_))) => false,
+            Ok(Err(_)) => true,
+        }
+    }
+
     pub fn is_down(&self) -> bool {
         self.down.load(Ordering::SeqCst)
     }
@@ -84,10 +111,7 @@ impl ResolverHealth {
         let health = self.clone();
         tokio::spawn(async move {
             loop {
-                let answer =
-                    tokio::time::timeout(timeout, resolver.lookup(Name::root(), RecordType::SOA))
-                        .await;
-                if matches!(answer, Ok(Ok(_))) {
+                if !ResolverHealth::silent(&resolver, timeout).await {
                     if health.down.swap(false, Ordering::SeqCst) {
                         tracing::info!("DNS resolver answers again; verification resumes");
                     }

@@ -363,3 +363,41 @@ async fn spf_query_budget() {
         started.elapsed()
     );
 }
+
+/// The sender chooses the HELO and MAIL FROM names and may send no DKIM
+/// signature: when only its own domain's name servers are silent, every
+/// lookup of the message times out, yet the resolver works. The author
+/// domain's DMARC record must still be read and applied (p=reject: 550),
+/// not skipped for a temperror that `policy.temperror` could accept.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_sender_domains_do_not_skip_the_author_dmarc_record() {
+    let keys = TestKeys::new(&[("sender.example", "ed", KeyAlgorithm::Ed25519)]);
+    let dns = TestDns::start(zone(&keys));
+    dns.set_fault("slow.example", None, Fault::Timeout);
+    let milter = milter(&dns, "[policy]\ntemperror = \"accept\"\n");
+    let raw = common::message("ceo@sender.example", "spoof", "body\r\n");
+    let env = Envelope {
+        client_addr: format!("{CLIENT}:40000").parse().unwrap(),
+        helo: "mx.slow.example".into(),
+        mail_from: "<bounce@slow.example>".into(),
+        ..Envelope::inbound()
+    };
+    let out = drive::drive(milter.inet_addr(), &env, &raw).await;
+    let results = out
+        .inserted("Authentication-Results")
+        .first()
+        .map(|f| f.replace("\n\t", " "))
+        .unwrap_or_default();
+    assert!(
+        matches!(out.status, Status::Reject { .. }),
+        "spoof of a p=reject domain not rejected: {:?}; {results}",
+        out.status
+    );
+    assert!(results.contains("dmarc=fail"), "{results}");
+    assert!(
+        dns.query_log()
+            .iter()
+            .any(|(name, _, _)| name == "_dmarc.sender.example"),
+        "the author's DMARC record was never asked for"
+    );
+}

@@ -306,14 +306,23 @@ impl Verifier {
             .collect();
         verdicts.extend(verified);
         // Every lookup of this message timed out (SPF for both identities and
-        // every DKIM key): the resolver is silent, and the DMARC lookups would
-        // only wait one more timeout for the same answer. No mechanism can
-        // pass, so no verdict (RFC 9989 §5.3.6: temperror) without waiting.
+        // every DKIM key) and the resolver itself does not answer: the DMARC
+        // lookups would only wait one more timeout for the same silence. No
+        // mechanism can pass, so no verdict (RFC 9989 §5.3.6: temperror)
+        // without waiting. The sender chooses the HELO and MAIL FROM names
+        // (and may send no signature), so timeouts alone prove nothing: a
+        // domain with slow name servers must not stand in for the author
+        // domain's DMARC record; only a resolver that answers nothing does.
         let silent = |reason: &str| reason.contains("timed out");
         if input.client_ip.is_some()
             && silent(&spf_helo.reason)
             && silent(&spf_mail_from.reason)
             && verdicts.iter().all(|v| silent(&v.reason))
+            && crate::dns::ResolverHealth::silent(
+                self.authenticator.resolver(),
+                self.dns_timeout.min(std::time::Duration::from_millis(500)),
+            )
+            .await
         {
             dmarc.status = DmarcStatus::TempError;
             dmarc.reason = "every DNS lookup timed out".to_string();
