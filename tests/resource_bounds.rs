@@ -430,3 +430,32 @@ async fn idle_and_slow_connections_are_closed_at_the_timeout() {
     }
     assert!(slow.join().unwrap(), "slow writer never cut off");
 }
+
+/// More signatures than `verify.max_signatures` on a message over the size
+/// cap: the body hashes cannot be judged from the truncated body, so the
+/// genuine aligned signatures are a temperror (451), never a failure that
+/// rejects genuine mail for its size.
+#[tokio::test(flavor = "multi_thread")]
+async fn over_the_size_cap_many_signatures_are_not_failed_on_the_cut_body() {
+    let (dns, keys) = world();
+    let milter = TestMilter::start_toml(&config(&dns, "[limits]\nmax_message_bytes = 1048576\n"));
+    let body: String = "y"
+        .repeat(78 * 20_000)
+        .as_bytes()
+        .chunks(78)
+        .map(|c| format!("{}\r\n", String::from_utf8_lossy(c)))
+        .collect();
+    let mut signed = common::message("alice@sender.example", "cap", &body);
+    for _ in 0..6 {
+        signed = sign(&keys.keys[0], &signed, &SignOptions::default());
+    }
+    let out = drive::drive(milter.inet_addr(), &outside(), &signed).await;
+    let text = match &out.status {
+        Status::Tempfail { message: Some(m) } => m.to_string_lossy().into_owned(),
+        other => format!("{other:?}"),
+    };
+    assert!(
+        text.starts_with("451 4.4.3 "),
+        "six genuine signatures over the size cap: {text}"
+    );
+}

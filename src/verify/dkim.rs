@@ -171,7 +171,14 @@ pub fn aligned_hint(d: &str, author: &str) -> bool {
 
 /// Remove the signatures rmilter does not verify from `message` and say
 /// why. Parse errors of DKIM-Signature fields become permerrors as well.
-pub fn prefilter(message: &mut AuthenticatedMessage<'_>, author: &str, max: usize) -> Prefiltered {
+/// `truncated`: the message was too large to verify and its body is cut
+/// short, so no body hash can be judged from it.
+pub fn prefilter(
+    message: &mut AuthenticatedMessage<'_>,
+    author: &str,
+    max: usize,
+    truncated: bool,
+) -> Prefiltered {
     let mut verdicts: Vec<DkimVerdict> = message
         .errors()
         .iter()
@@ -254,7 +261,10 @@ pub fn prefilter(message: &mut AuthenticatedMessage<'_>, author: &str, max: usiz
                     bh
                 }
             };
-            if bh.is_some_and(|bh| bh != sig.bh) {
+            // A truncated body proves nothing about the body hash: such a
+            // signature stays a candidate and becomes a temperror, so a
+            // genuine large message is never failed for its size.
+            if !truncated && bh.is_some_and(|bh| bh != sig.bh) {
                 decisions[i] = Some((DkimStatus::Fail, "body hash mismatch"));
             } else if sig.x != 0 && (sig.x <= sig.t || sig.x <= now) {
                 // RFC 6376 §3.5 x=: an expired signature may be ignored;

@@ -257,7 +257,12 @@ impl Verifier {
             };
         };
 
-        let pre = dkim::prefilter(&mut message, author, settings.max_signatures);
+        let pre = dkim::prefilter(
+            &mut message,
+            author,
+            settings.max_signatures,
+            input.truncated,
+        );
         let dkim = async {
             if input.truncated {
                 Vec::new()

@@ -853,7 +853,7 @@ pub fn dkim_message(raw: &[u8], max: usize) -> usize {
         .filter(|h| eligible(&h.header) && aligned(&h.header.d))
         .count();
 
-    let pre = prefilter(&mut message, &author, max);
+    let pre = prefilter(&mut message, &author, max, false);
     let kept = message.dkim_signatures();
     let listed = pre.verdicts.len() - usize::from(pre.summarised > 0);
     assert_eq!(
