@@ -178,6 +178,9 @@ pub(super) async fn finish(
                 &msg.queue_id,
                 &format!("spool: {e}"),
             );
+            if config.actions.on_error == Action::Quarantine {
+                plan.quarantine = Some("rmilter: message could not be verified".to_string());
+            }
             return plan;
         }
     };

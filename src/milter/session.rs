@@ -588,12 +588,20 @@ impl Session {
                 );
                 plan
             }
-            Err(e) => EomPlan::reply(internal_error(
-                self.state.metrics(),
-                config.actions.on_error,
-                &msg.queue_id,
-                &e.to_string(),
-            )),
+            // The planned deletions (forged Authentication-Results) stay, and
+            // a quarantine action holds the message, as on every other path.
+            Err(e) => {
+                plan.reply = internal_error(
+                    self.state.metrics(),
+                    config.actions.on_error,
+                    &msg.queue_id,
+                    &e.to_string(),
+                );
+                if config.actions.on_error == Action::Quarantine {
+                    plan.quarantine = Some("rmilter: message could not be signed".to_string());
+                }
+                plan
+            }
         }
     }
 
