@@ -597,15 +597,7 @@ pub fn run(
         .build()?;
     let auth = rt.block_on(async { crate::dns::authenticator(dns) })?;
     let resolver = HickoryDns::new(auth.resolver().clone());
-    let owner = format!(
-        "{}:{}:{}",
-        nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_default(),
-        std::process::id(),
-        &store::random_id()[..8]
-    );
+    let owner = super::send::lease_owner();
     let run = Run {
         settings,
         rt: &rt,

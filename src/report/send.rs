@@ -108,15 +108,7 @@ pub fn run(
         .build()?;
     let auth = rt.block_on(async { crate::dns::authenticator(dns) })?;
     let resolver = HickoryDns::new(auth.resolver().clone());
-    let owner = format!(
-        "{}:{}:{}",
-        nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_default(),
-        std::process::id(),
-        &store::random_id()[..8]
-    );
+    let owner = lease_owner();
     let retry_for = settings.retry_for.as_secs() as i64;
     let since = now - retry_for - settings.period.as_secs() as i64;
     let periods = store.periods(now, since)?;
@@ -678,4 +670,18 @@ pub(crate) fn sendmail(
 /// debug builds only).
 fn kill_point(step: &str) {
     crate::keys::files::crash_point(&format!("report:{step}"));
+}
+
+/// Who holds a delivery claim in the store: host name, process id and a
+/// random tag, so that a crashed run's claims are told from a live one's.
+pub(super) fn lease_owner() -> String {
+    format!(
+        "{}:{}:{}",
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default(),
+        std::process::id(),
+        &store::random_id()[..8]
+    )
 }
