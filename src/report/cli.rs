@@ -216,52 +216,45 @@ fn run_generate(args: &GenerateArgs) -> ExitCode {
 }
 
 fn run_send(args: &SendArgs) -> ExitCode {
-    let config = match load(&args.config) {
-        Ok(c) => c,
+    let (config, options) = match send_setup(&args.config, &args.now, args.dry_run) {
+        Ok(setup) => setup,
         Err(code) => return code,
     };
-    let now = match now_from(&args.now) {
-        Ok(n) => n,
-        Err(m) => return fail(m),
-    };
-    let options = send::Options {
-        dry_run: args.dry_run,
-        now,
-    };
     let mut out = std::io::stdout();
-    match send::run(&config.report, &config.dns, &options, &mut out) {
-        Ok(summary) => {
-            println!("{}", summary.line(args.dry_run));
-            let _ = out.flush();
-            if summary.failed > 0 {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
-        Err(e) => fail(format!("{e:#}")),
-    }
+    let result = send::run(&config.report, &config.dns, &options, &mut out)
+        .map(|s| (s.line(args.dry_run), s.failed));
+    sent(result, &mut out)
 }
 
 fn run_failures(args: &FailuresArgs) -> ExitCode {
-    let config = match load(&args.config) {
-        Ok(c) => c,
+    let (config, options) = match send_setup(&args.config, &args.now, args.dry_run) {
+        Ok(setup) => setup,
         Err(code) => return code,
     };
-    let now = match now_from(&args.now) {
-        Ok(n) => n,
-        Err(m) => return fail(m),
-    };
-    let options = send::Options {
-        dry_run: args.dry_run,
-        now,
-    };
     let mut out = std::io::stdout();
-    match super::failures::run(&config.report, &config.dns, &options, args.print, &mut out) {
-        Ok(summary) => {
-            println!("{}", summary.line(args.dry_run));
+    let result = super::failures::run(&config.report, &config.dns, &options, args.print, &mut out)
+        .map(|s| (s.line(args.dry_run), s.failed));
+    sent(result, &mut out)
+}
+
+/// The configuration and send options of `report send` and `report failures`.
+fn send_setup(
+    config: &ConfigArg,
+    now: &Option<String>,
+    dry_run: bool,
+) -> Result<(Config, send::Options), ExitCode> {
+    let config = load(config)?;
+    let now = now_from(now).map_err(fail)?;
+    Ok((config, send::Options { dry_run, now }))
+}
+
+/// The summary line and exit code of a sending run: 1 when any delivery failed.
+fn sent(result: anyhow::Result<(String, usize)>, out: &mut std::io::Stdout) -> ExitCode {
+    match result {
+        Ok((line, failed)) => {
+            println!("{line}");
             let _ = out.flush();
-            if summary.failed > 0 {
+            if failed > 0 {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS
