@@ -121,7 +121,13 @@ async fn regression_cases() {
         let out = drive::drive(milter.inet_addr(), &env, &message).await;
         let took = started.elapsed();
         let action = match (&out.status, out.stage) {
-            (Status::Reject { .. }, "eoh") => "refused",
+            // The From gate's refusal: decided at end of headers, answered
+            // at end of message (rmilter negotiates no reply there).
+            (Status::Reject { message: Some(m) }, _)
+                if m.to_string_lossy().starts_with("550 5.7.1 message refused: ") =>
+            {
+                "refused"
+            }
             (Status::Reject { .. }, _) => "reject",
             (Status::Tempfail { .. }, _) => "tempfail",
             (Status::Continue, _)

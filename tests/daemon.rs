@@ -158,7 +158,7 @@ async fn sigterm_finishes_the_message_in_progress() {
     conn.mail(["<alice@example.com>"]).await.unwrap();
     conn.header("From", " alice@example.com").await.unwrap();
     conn.header("Subject", " in flight").await.unwrap();
-    assert_eq!(conn.eoh().await.unwrap(), Status::Continue);
+    assert_eq!(conn.eoh().await.unwrap(), Status::Noreply);
     conn.body("first half\r\n").await.unwrap();
 
     daemon.signal("TERM");

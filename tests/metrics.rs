@@ -100,7 +100,9 @@ async fn counters_after_mail_and_reloads() {
     // Inbound: two From fields, refused at end of headers.
     let two = b"From: a@sender.example\r\nFrom: b@attack.example\r\nSubject: x\r\n\r\nx\r\n";
     let out = drive::drive(addr, &env, two).await;
-    assert_eq!(out.stage, "eoh");
+    // Decided at end of headers, answered at end of message (no reply
+    // at end of headers), with no edit.
+    assert_eq!((out.stage, out.actions.len()), ("eom", 0));
     // Inbound: DMARC fail under p=quarantine.
     env.mail_from = "<q@quarantine.example>".into();
     let out = drive::drive(

@@ -34,18 +34,18 @@ async fn negotiation_requests_only_what_is_used() {
     );
     let opts = conn.negotiated_opts();
     assert!(opts.contains(ProtoOpts::LEADING_SPACE));
-    // Answers only at end of headers and end of message: no round trip
-    // for connect, HELO, MAIL, each field or each body chunk.
+    // Answers only at end of message: no round trip for connect, HELO,
+    // MAIL, each field, end of headers or each body chunk.
     for stage in [
         ProtoOpts::NOREPLY_CONNECT,
         ProtoOpts::NOREPLY_HELO,
         ProtoOpts::NOREPLY_MAIL,
         ProtoOpts::NOREPLY_HEADER,
+        ProtoOpts::NOREPLY_EOH,
         ProtoOpts::NOREPLY_BODY,
     ] {
         assert!(opts.contains(stage), "{stage:?} not negotiated");
     }
-    assert!(!opts.contains(ProtoOpts::NOREPLY_EOH));
     assert!(opts.contains(ProtoOpts::NO_RCPT) && opts.contains(ProtoOpts::NO_DATA));
     assert!(!opts.contains(ProtoOpts::NO_HEADER) && !opts.contains(ProtoOpts::NO_BODY));
     let macros = conn.requested_macros();
@@ -218,7 +218,9 @@ async fn several_from_fields_are_refused_and_not_signed() {
     let milter = signing_milter(&keys, "");
     let raw = b"From: alice@example.com\r\nFrom: ceo@example.com\r\nSubject: x\r\n\r\nbody\r\n";
     let out = drive::drive(milter.inet_addr(), &Envelope::authenticated("alice"), raw).await;
-    assert_eq!(out.stage, "eoh");
+    // Decided at end of headers, answered at end of message (no reply
+    // at end of headers), with no edit.
+    assert_eq!((out.stage, out.actions.len()), ("eom", 0));
     let text = reply_text(&out.status);
     assert!(
         matches!(out.status, Status::Reject { .. }),
@@ -230,13 +232,71 @@ async fn several_from_fields_are_refused_and_not_signed() {
     assert!(out.actions.is_empty());
 }
 
+/// A decision at end of headers reaches the MTA at end of headers when it
+/// waits for an answer there, and at end of message when rmilter could
+/// negotiate no reply (SMFIP_NR_EOH, as Postfix offers): the body in between
+/// is ignored, and the next message on the connection starts clean.
+#[tokio::test]
+async fn end_of_headers_decision_with_and_without_a_reply_there() {
+    let keys = TestKeys::example_com();
+    let milter = signing_milter(&keys, "");
+    let refused = b"From: alice@example.com\r\nFrom: ceo@example.com\r\nSubject: x\r\n\r\nbody\r\n";
+    let env = Envelope::authenticated("alice");
+    let all = indymilter_test::TestConnection::configure()
+        .exact_leading_space(true)
+        .open_tcp(milter.inet_addr())
+        .await
+        .unwrap();
+    let old_mta = indymilter_test::TestConnection::configure()
+        .exact_leading_space(true)
+        .available_opts(ProtoOpts::all() - ProtoOpts::NOREPLY_EOH)
+        .open_tcp(milter.inet_addr())
+        .await
+        .unwrap();
+    for (mut conn, stage) in [(all, "eom"), (old_mta, "eoh")] {
+        assert_eq!(
+            conn.negotiated_opts().contains(ProtoOpts::NOREPLY_EOH),
+            stage == "eom"
+        );
+        drive::connect(&mut conn, &env).await;
+        let out = drive::send_message(&mut conn, &env, refused).await;
+        assert_eq!(out.stage, stage);
+        assert!(
+            reply_text(&out.status).starts_with("550 5.7.1 message refused: "),
+            "{stage}: {:?}",
+            out.status
+        );
+        assert!(out.actions.is_empty(), "{stage}: {:?}", out.actions);
+        // An outbound message no key signs: accepted, never signed.
+        let out = drive::send_message(
+            &mut conn,
+            &env,
+            &message("carol@other.example", "unsigned", "two\r\n"),
+        )
+        .await;
+        assert_eq!((out.stage, &out.status), (stage, &Status::Accept));
+        // Then a message that is signed: nothing of the two before leaks.
+        let out = drive::send_message(
+            &mut conn,
+            &env,
+            &message("alice@example.com", "signed", "three\r\n"),
+        )
+        .await;
+        assert_eq!((out.stage, &out.status), ("eom", &Status::Continue));
+        assert!(!out.inserted("DKIM-Signature").is_empty(), "{stage}");
+        conn.close().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn several_addresses_in_from_are_refused() {
     let keys = TestKeys::example_com();
     let milter = signing_milter(&keys, "");
     let raw = b"From: alice@example.com, mallory@attacker.example\r\nSubject: x\r\n\r\nbody\r\n";
     let out = drive::drive(milter.inet_addr(), &Envelope::authenticated("alice"), raw).await;
-    assert_eq!(out.stage, "eoh");
+    // Decided at end of headers, answered at end of message (no reply
+    // at end of headers), with no edit.
+    assert_eq!((out.stage, out.actions.len()), ("eom", 0));
     assert!(
         reply_text(&out.status).starts_with("550 5.7.1 "),
         "{:?}",
@@ -257,7 +317,7 @@ async fn bad_from_action_is_configurable() {
     );
     let accept = signing_milter(&keys, "[actions]\nbad_from = \"accept\"\n");
     let out = drive::drive(accept.inet_addr(), &Envelope::authenticated("a"), raw).await;
-    assert_eq!((out.stage, &out.status), ("eoh", &Status::Accept));
+    assert_eq!((out.stage, &out.status), ("eom", &Status::Accept));
     assert!(out.actions.is_empty(), "accepted but never signed");
 }
 
@@ -272,7 +332,7 @@ async fn no_key_for_the_author_domain_means_unsigned() {
             &message(from, "s", "b\r\n"),
         )
         .await;
-        assert_eq!((out.stage, &out.status), ("eoh", &Status::Accept), "{from}");
+        assert_eq!((out.stage, &out.status), ("eom", &Status::Accept), "{from}");
     }
 }
 
@@ -328,7 +388,7 @@ async fn abort_mid_message_then_next_message_starts_clean() {
     conn.mail(["<alice@example.com>"]).await.unwrap();
     conn.header("From", " alice@example.com").await.unwrap();
     conn.header("Subject", " first").await.unwrap();
-    assert_eq!(conn.eoh().await.unwrap(), Status::Continue);
+    assert_eq!(conn.eoh().await.unwrap(), Status::Noreply);
     assert!(matches!(
         conn.body("part of message one\r\n").await.unwrap(),
         Status::Continue | Status::Noreply
@@ -342,7 +402,7 @@ async fn abort_mid_message_then_next_message_starts_clean() {
         &message("carol@other.example", "second", "two\r\n"),
     )
     .await;
-    assert_eq!((out.stage, &out.status), ("eoh", &Status::Accept));
+    assert_eq!((out.stage, &out.status), ("eom", &Status::Accept));
     // Message 3: signed normally.
     let out = drive::send_message(
         &mut conn,
@@ -398,7 +458,9 @@ async fn header_section_over_the_limit_is_refused() {
         raw.as_bytes(),
     )
     .await;
-    assert_eq!(out.stage, "eoh");
+    // Decided at end of headers, answered at end of message (no reply
+    // at end of headers), with no edit.
+    assert_eq!((out.stage, out.actions.len()), ("eom", 0));
     assert!(
         reply_text(&out.status).starts_with("552 5.3.4 "),
         "{:?}",
@@ -532,7 +594,7 @@ async fn oversized_header_section_accepted_still_loses_forged_results() {
         clean.as_bytes(),
     )
     .await;
-    assert_eq!((out.stage, &out.status), ("eoh", &Status::Accept));
+    assert_eq!((out.stage, &out.status), ("eom", &Status::Accept));
 }
 
 #[tokio::test]

@@ -268,7 +268,7 @@ async fn logins_sign_only_for_their_senders() {
         &message("ceo@customer-b.example", "spoof", "Pay now.\r\n"),
     )
     .await;
-    assert_eq!((out.stage, &out.status), ("eoh", &Status::Accept));
+    assert_eq!((out.stage, &out.status), ("eom", &Status::Accept));
     assert!(out.inserted("DKIM-Signature").is_empty());
     assert_eq!(metrics.signing_refused.load(Ordering::Relaxed), 1);
     // The map: the address key first, then @domain.
@@ -315,7 +315,9 @@ async fn login_refusal_can_reject_and_is_off_by_default() {
         &message("ceo@customer-b.example", "spoof", "Pay now.\r\n"),
     )
     .await;
-    assert_eq!(out.stage, "eoh");
+    // Decided at end of headers, answered at end of message (no reply
+    // at end of headers), with no edit.
+    assert_eq!((out.stage, out.actions.len()), ("eom", 0));
     match &out.status {
         Status::Reject { message: Some(m) } => assert_eq!(
             m.to_string_lossy(),

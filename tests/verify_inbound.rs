@@ -648,7 +648,9 @@ async fn from_gate_runs_first_for_inbound() {
         &SignOptions::default(),
     );
     let out = drive::drive(milter.inet_addr(), &envelope("x@elsewhere.example"), &raw).await;
-    assert_eq!(out.stage, "eoh");
+    // Decided at end of headers, answered at end of message (no reply
+    // at end of headers), with no edit.
+    assert_eq!((out.stage, out.actions.len()), ("eom", 0));
     assert!(reply(&out).starts_with("550 5.7.1 "), "{}", reply(&out));
     // Accepted by configuration: dmarc=permerror, never pass or none.
     let accept = w.milter("[actions]\nbad_from = \"accept\"\n");

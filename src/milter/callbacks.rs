@@ -90,9 +90,11 @@ pub fn callbacks(state: Arc<MilterState>) -> Callbacks<Session> {
 
 /// Request exactly what rmilter uses: insert-header, the leading space of
 /// header values (so signed headers are reproduced byte for byte), no reply
-/// at connect, HELO, MAIL, per header field and per body chunk when the MTA
-/// allows it (rmilter answers only at end of headers and end of message),
-/// and the macros below.
+/// at connect, HELO, MAIL, per header field, at end of headers and per body
+/// chunk when the MTA allows it (rmilter then answers only at end of
+/// message: Postfix buffers the events that need no answer and writes them
+/// when it waits for one, so each answer rmilter gives is a round trip and
+/// a wake-up on both sides), and the macros below.
 fn negotiate(
     cx: &mut NegotiateContext<Session>,
     state: Arc<MilterState>,
@@ -113,6 +115,7 @@ fn negotiate(
             | ProtoOpts::NOREPLY_HELO
             | ProtoOpts::NOREPLY_MAIL
             | ProtoOpts::NOREPLY_HEADER
+            | ProtoOpts::NOREPLY_EOH
             | ProtoOpts::NOREPLY_BODY);
     // RCPT events only when failure reports include the recipients
     // ([report.failure] include_rcpt_to): otherwise Postfix skips them.
@@ -143,6 +146,7 @@ fn negotiate(
             helo: granted.contains(ProtoOpts::NOREPLY_HELO),
             mail: granted.contains(ProtoOpts::NOREPLY_MAIL),
             header: granted.contains(ProtoOpts::NOREPLY_HEADER),
+            eoh: granted.contains(ProtoOpts::NOREPLY_EOH),
             body: granted.contains(ProtoOpts::NOREPLY_BODY),
             rcpt: granted.contains(ProtoOpts::NOREPLY_RCPT),
         },

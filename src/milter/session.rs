@@ -135,6 +135,11 @@ pub struct Session {
     noreply: NoReply,
     client: Client,
     message: Option<Message>,
+    /// With no reply at end of headers (SMFIP_NR_EOH), a decision taken
+    /// there that ends the message (accept unsigned, reject, tempfail)
+    /// waits here for end of message, the next stage that has an answer;
+    /// the body in between is ignored.
+    decided: Option<Reply>,
     /// Queue id of the last message, for log lines after it ended.
     last_queue_id: String,
 }
@@ -144,7 +149,8 @@ const NOQUEUE: &str = "NOQUEUE";
 const MAX_RCPT: usize = 100;
 
 /// The stages the MTA agreed to send without waiting for an answer
-/// (SMFIP_NR_*). rmilter never refuses at these stages, so each skipped
+/// (SMFIP_NR_*). rmilter never refuses at these stages, except at end of
+/// headers, whose decision then waits for end of message. Each skipped
 /// answer is a round trip saved per message (per body chunk, per field).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoReply {
@@ -152,6 +158,7 @@ pub struct NoReply {
     pub helo: bool,
     pub mail: bool,
     pub header: bool,
+    pub eoh: bool,
     pub body: bool,
     pub rcpt: bool,
 }
@@ -172,6 +179,7 @@ impl Session {
             noreply,
             client: Client::default(),
             message: None,
+            decided: None,
             last_queue_id: NOQUEUE.to_string(),
         }
     }
@@ -187,6 +195,7 @@ impl Session {
             helo: String::new(),
         };
         self.message = None;
+        self.decided = None;
         continue_or_noreply(self.noreply.connect)
     }
 
@@ -199,6 +208,7 @@ impl Session {
     /// current runtime and nothing of an earlier message survives.
     pub fn mail(&mut self, sender: &str, macros: &impl MacroSource) -> Reply {
         let auth_user = macro_value(macros, "{auth_authen}").filter(|v| !v.is_empty());
+        self.decided = None;
         self.message = Some(Message {
             runtime: self.state.runtime(),
             _in_flight: self.state.begin_message(),
@@ -287,15 +297,28 @@ impl Session {
     /// End of headers: decide the direction, run the From gate, then
     /// either choose the keys and start signing (outbound) or start
     /// collecting the message for verification (inbound).
+    ///
+    /// Without an answer at this stage (SMFIP_NR_EOH), a decision that ends
+    /// the message is kept for end of message: Postfix then sends headers,
+    /// body and end of message without waiting, one round trip less per
+    /// message. A refusal reaches the SMTP client the same way either way,
+    /// after the final dot; only an unsigned outbound message's body is
+    /// sent in vain.
     pub fn eoh(&mut self, macros: &impl MacroSource) -> Reply {
         let reply = self.eoh_stage(macros);
+        if reply == Reply::Continue {
+            return continue_or_noreply(self.noreply.eoh);
+        }
         // An answer other than continue ends the message here.
-        if reply != Reply::Continue
-            && let Some(msg) = self.message.as_ref()
-        {
+        if let Some(msg) = self.message.as_ref() {
             self.state
                 .metrics()
                 .message(msg.direction.is_outbound(), outcome(&reply, false));
+        }
+        if self.noreply.eoh {
+            self.message = None;
+            self.decided = Some(reply);
+            return Reply::Noreply;
         }
         reply
     }
@@ -490,6 +513,9 @@ impl Session {
     /// End of message: finish the signatures (outbound) or verify and
     /// decide (inbound). Returns the header edits, quarantine and reply.
     pub async fn eom(&mut self, macros: &impl MacroSource) -> EomPlan {
+        if let Some(reply) = self.decided.take() {
+            return EomPlan::reply(reply);
+        }
         // A peer that skips end-of-headers still gets the From gate and a
         // direction: nothing reaches end of message undecided.
         // A message accepted there still has its forged fields deleted
@@ -606,6 +632,7 @@ impl Session {
     }
 
     pub fn abort(&mut self) {
+        self.decided = None;
         if let Some(msg) = self.message.take() {
             debug!(queue_id = %msg.queue_id, "message aborted");
         }
@@ -613,6 +640,7 @@ impl Session {
 
     pub fn close(&mut self) {
         self.message = None;
+        self.decided = None;
     }
 
     /// The reply for an internal error after the message ended.
