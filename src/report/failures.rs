@@ -20,7 +20,7 @@ use crate::config::{FailureSettings, ReportSettings};
 use crate::verify::spf::HickoryDns;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use tokio::sync::mpsc::{Receiver, Sender, channel, error::TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{info, warn};
@@ -83,7 +83,7 @@ fn bump(counter: &AtomicU64, n: u64) {
 
 /// The milter's end of the failure pipeline.
 pub struct FailureQueue {
-    tx: SyncSender<Capture>,
+    tx: Sender<Capture>,
     /// Handed over, not yet written or dropped (for [`FailureQueue::finish`]).
     pending: Arc<AtomicU64>,
     log: Mutex<Option<Instant>>,
@@ -92,7 +92,8 @@ pub struct FailureQueue {
 impl FailureQueue {
     /// Start the writer thread; the store is opened on first use.
     pub fn start(settings: &ReportSettings) -> FailureQueue {
-        let (tx, rx) = sync_channel(settings.failure.queue_size);
+        // Memory as captures wait, not queue_size slots up front (see StoreSink).
+        let (tx, rx) = channel(settings.failure.queue_size.max(1));
         let pending = Arc::new(AtomicU64::new(0));
         let settings = settings.clone();
         let left = pending.clone();
@@ -116,7 +117,7 @@ impl FailureQueue {
         let reason = match self.tx.try_send(capture) {
             Ok(()) => return,
             Err(TrySendError::Full(_)) => "queue full (report.failure.queue_size)",
-            Err(TrySendError::Disconnected(_)) => "writer not running",
+            Err(TrySendError::Closed(_)) => "writer not running",
         };
         self.pending.fetch_sub(1, Ordering::Relaxed);
         bump(&COUNTERS.dropped, 1);
@@ -143,10 +144,10 @@ impl FailureQueue {
     }
 }
 
-fn writer(settings: &ReportSettings, rx: Receiver<Capture>, pending: &AtomicU64) {
+fn writer(settings: &ReportSettings, mut rx: Receiver<Capture>, pending: &AtomicU64) {
     let mut store: Option<Store> = None;
     let mut last_error: Option<Instant> = None;
-    while let Ok(capture) = rx.recv() {
+    while let Some(capture) = rx.blocking_recv() {
         if store.is_none() {
             match Store::open(&settings.store, WRITER_BUSY_TIMEOUT) {
                 Ok(s) => store = Some(s),

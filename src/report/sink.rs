@@ -10,7 +10,7 @@ use super::{Evaluation, EvaluationSink, period_of, unix_time};
 use crate::config::ReportSettings;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use tokio::sync::mpsc::{Receiver, Sender, channel, error::TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -99,7 +99,7 @@ impl Stats {
 
 /// An [`EvaluationSink`] writing into the report store.
 pub struct StoreSink {
-    tx: SyncSender<Evaluation>,
+    tx: Sender<Evaluation>,
     stats: Arc<Stats>,
     /// The failure-report queue (RFC 9991), when `[report.failure]` is on.
     failures: Option<super::failures::FailureQueue>,
@@ -110,7 +110,10 @@ impl StoreSink {
     /// use (and re-opened after a failure), never here: a store that is
     /// down at start does not stop the milter.
     pub fn start(settings: &ReportSettings) -> Arc<StoreSink> {
-        let (tx, rx) = sync_channel(settings.queue_size);
+        // tokio's bounded channel takes memory as records wait (blocks of
+        // 32), where std's sync_channel allocated and touched all
+        // queue_size slots at start: 3.2 MiB of RSS for the default 10,000.
+        let (tx, rx) = channel(settings.queue_size.max(1));
         let stats = Arc::new(Stats::default());
         let writer = Writer {
             settings: settings.clone(),
@@ -149,7 +152,7 @@ impl EvaluationSink for StoreSink {
         match self.tx.try_send(evaluation) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.stats.drop_records(1, "queue full"),
-            Err(TrySendError::Disconnected(_)) => self.stats.drop_records(1, "writer not running"),
+            Err(TrySendError::Closed(_)) => self.stats.drop_records(1, "writer not running"),
         }
     }
 
@@ -183,9 +186,9 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Evaluation>) {
+    fn run(mut self, mut rx: Receiver<Evaluation>) {
         let mut backlog = false;
-        while let Ok(first) = rx.recv() {
+        while let Some(first) = rx.blocking_recv() {
             // Sleep out the window rather than wait on the queue: a writer
             // blocked in recv is woken (a thread switch) by every record the
             // milter sends; a sleeping one is not.
