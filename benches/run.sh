@@ -4,6 +4,7 @@
 #   bash benches/run.sh [--reps 3] [--sizes "2k 100k 10m"] [--modes "verify sign-ed25519 sign-rsa"]
 #                       [--sessions 20] [--seconds 10] [--pf-count 3000] [--quiet-wait 5]
 #                       [--no-postfix] [--no-build] [--quick] [--runid ID] [--transports "unix inet"]
+#                       [--domains 10000]
 #
 # Runs benches/setup.sh first when $BENCH_ROOT (default /srv/rmilter-bench) is not set up, and
 # (re)builds rmilter and milterload (release) unless --no-build.  Then, inside a private network +
@@ -24,6 +25,10 @@
 #   --sessions 1: latency per milter stage, p50/p99; and one SMTP session at a time through
 #   Postfix: end-of-message latency against the no-milter baseline). A loaded run during which
 #   the machine was mostly idle is flagged "idle" (messages waited on something other than CPU).
+#   3. many domains (--domains N, default 10000; 0 skips; off with --quick unless given):
+#      N signing domains and N per-domain policies, static and managed, Ed25519 and RSA, against
+#      one domain: check-config, start, reload, RSS, milter CPU per message
+#      (benches/many_domains.py; its files are generated once under $BENCH_ROOT/many/).
 # Prints a markdown report (medians, rmilter/peer ratios, PASS/FAIL per target, how busy the
 # machine was); raw JSON and the report go to $BENCH_ROOT/results/<runid>/.
 # --quick: 1 repetition, 2k only, small counts (smoke test, ~2-3 minutes).
@@ -40,8 +45,8 @@ main() {
   if [ -n "${BENCH_IN_NS:-}" ]; then in_namespace "$@"; return; fi
 
   local REPS=3 SIZES="2k 100k 10m" MODES="verify sign-ed25519 sign-rsa" SESSIONS=20 SECONDS_=10 PFCOUNT=3000
-  local QW=5 POSTFIX=1 BUILD=1 QUICK=0 RUNID="" TRANSPORTS="unix inet"
-  local set_reps="" set_sizes="" set_pf="" set_qw=""
+  local QW=5 POSTFIX=1 BUILD=1 QUICK=0 RUNID="" TRANSPORTS="unix inet" DOMAINS=10000
+  local set_reps="" set_sizes="" set_pf="" set_qw="" set_domains=""
   while [ $# -gt 0 ]; do
     case "$1" in
       --reps) REPS=$2; set_reps=1; shift 2;;
@@ -56,6 +61,7 @@ main() {
       --quick) QUICK=1; shift;;
       --runid) RUNID=$2; shift 2;;
       --transports) TRANSPORTS=$2; shift 2;;
+      --domains) DOMAINS=$2; set_domains=1; shift 2;;
       -h|--help) sed -n '2,/^set -euo/p' "$HERE/run.sh" | sed '$d; s/^# \{0,1\}//'; return 0;;
       *) echo "run.sh: unknown argument $1 (see --help)" >&2; return 2;;
     esac
@@ -65,6 +71,7 @@ main() {
     [ -n "$set_sizes" ] || SIZES=2k
     [ -n "$set_pf" ] || PFCOUNT=1000
     [ -n "$set_qw" ] || QW=3
+    [ -n "$set_domains" ] || DOMAINS=0
   fi
   [ "$(id -u)" = 0 ] || { echo "run.sh: needs root (network namespace, private Postfix)" >&2; return 1; }
 
@@ -94,7 +101,7 @@ main() {
   local commit dirty
   commit=$(git -C "$REPO" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
   dirty=$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null | grep -qv '^.. benches/' && echo " (working tree has uncommitted changes outside benches/)" || true)
-  RUNID=$RUNID GIT="$commit$dirty" ARGS="reps=$REPS sizes=[$SIZES] modes=[$MODES] sessions=$SESSIONS seconds=$SECONDS_ pf-count=$PFCOUNT quiet-wait=$QW postfix=$POSTFIX quick=$QUICK transports=[$TRANSPORTS]" \
+  RUNID=$RUNID GIT="$commit$dirty" ARGS="reps=$REPS sizes=[$SIZES] modes=[$MODES] sessions=$SESSIONS seconds=$SECONDS_ pf-count=$PFCOUNT quiet-wait=$QW postfix=$POSTFIX quick=$QUICK transports=[$TRANSPORTS] domains=$DOMAINS" \
   RMILTER=$RMILTER $PY - "$OUT/meta.json" <<'EOF'
 import json, os, platform, subprocess, sys, datetime
 def sh(*c):
@@ -119,7 +126,7 @@ EOF
   BENCH_IN_NS=1 unshare --net --mount --propagation private bash "$HERE/run.sh" \
     run --root "$BENCH_ROOT" --out "$OUT" --rmilter "$RMILTER" --milterload "$MILTERLOAD" --reps "$REPS" \
     --sizes "$SIZES" --modes "$MODES" --sessions "$SESSIONS" --seconds "$SECONDS_" --pf-count "$PFCOUNT" \
-    --quiet-wait "$QW" --transports "$TRANSPORTS" $([ "$POSTFIX" = 0 ] && echo --no-postfix) $([ "$QUICK" = 1 ] && echo --quick) \
+    --quiet-wait "$QW" --transports "$TRANSPORTS" --domains "$DOMAINS" $([ "$POSTFIX" = 0 ] && echo --no-postfix) $([ "$QUICK" = 1 ] && echo --quick) \
     2> >(tee -a "$OUT/progress.log" >&2) | tee "$OUT/output.md" || rc=$?
   echo "run.sh: report: $OUT/report.md (raw: $OUT/raw.jsonl, sanity checks: $OUT/checks.txt)" >&2
   return $rc

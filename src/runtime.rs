@@ -45,12 +45,11 @@ impl Runtime {
                 }
             })?,
         );
-        if let Some((a, b)) = specs.iter().enumerate().find_map(|(i, a)| {
-            specs[..i]
-                .iter()
-                .find(|b| b.domain == a.domain && b.selector == a.selector)
-                .map(|b| (a, b))
-        }) {
+        let mut seen = std::collections::HashMap::with_capacity(specs.len());
+        if let Some((a, b)) = specs
+            .iter()
+            .find_map(|a| seen.insert((&a.domain, &a.selector), a).map(|b| (a, b)))
+        {
             return Err(ConfigError::Invalid {
                 file: config.source.to_string(),
                 key: a.origin.clone(),

@@ -362,11 +362,11 @@ pub(super) fn validate(
             .map(|arg| cli_key_spec(arg))
             .collect::<Result<Vec<_>, _>>()?
     };
-    for (i, a) in keys.iter().enumerate() {
-        if let Some(b) = keys[..i]
-            .iter()
-            .find(|b| b.domain == a.domain && b.selector == a.selector)
-        {
+    // A map, not a scan of the rows before: 10,000 keys are 50 million
+    // string comparisons the other way.
+    let mut seen = std::collections::HashMap::with_capacity(keys.len());
+    for a in &keys {
+        if let Some(b) = seen.insert((a.domain.as_str(), a.selector.as_str()), a) {
             return Err(ctx.err(
                 a.origin.clone(),
                 format!(
@@ -522,6 +522,7 @@ pub(super) fn validate(
         monitor: raw.policy.monitor.unwrap_or(false),
     };
     let mut domains: Vec<(String, PolicyActions)> = Vec::new();
+    let mut listed = std::collections::HashSet::with_capacity(raw.policy.domain.len());
     for (i, d) in raw.policy.domain.iter().enumerate() {
         let key = |k: &str| format!("policy.domain[{i}].{k}");
         let name = d
@@ -530,7 +531,7 @@ pub(super) fn validate(
             .filter(|v| !v.is_empty())
             .ok_or_else(|| ctx.err(key("domain"), "missing"))?;
         let name = normalize_domain(name).map_err(|m| ctx.err(key("domain"), m))?;
-        if domains.iter().any(|(n, _)| *n == name) {
+        if !listed.insert(name.clone()) {
             return Err(ctx.err(key("domain"), format!("{name} is listed twice")));
         }
         let actions = PolicyActions {
