@@ -19,6 +19,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
+            daemon::one_malloc_arena();
             let config_ref = ConfigRef {
                 path: args.config.config,
                 default_path: DEFAULT_CONFIG.into(),

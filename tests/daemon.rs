@@ -127,6 +127,72 @@ async fn sighup_reloads_and_a_bad_reload_keeps_the_old_configuration() {
     assert_eq!(selectors().await, ["one", "two"]);
 }
 
+/// A reload runs beside the milter sessions, not in their way: while one
+/// is held reading a file (here a FIFO nobody writes to yet), messages are
+/// still signed with the running configuration.
+#[tokio::test(flavor = "multi_thread")]
+async fn mail_is_signed_while_a_reload_is_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let k1 = rmilter::keys::generate(
+        dir.path(),
+        "example.com",
+        "one",
+        rmilter::config::KeyAlgorithm::Ed25519,
+        0,
+    )
+    .unwrap();
+    let port = free_port();
+    let config = dir.path().join("rmilter.toml");
+    let base = format!(
+        "listen = \"inet:127.0.0.1:{port}\"\n[[key]]\ndomain = \"example.com\"\nselector = \"one\"\nfile = \"{}\"\n",
+        k1.path.display()
+    );
+    std::fs::write(&config, &base).unwrap();
+    let daemon = Daemon::start(&["-c", config.to_str().unwrap()]);
+    daemon.wait_log("rmilter started", 1);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let signed = || async {
+        let out = drive::drive(
+            addr,
+            &Envelope::authenticated("alice"),
+            &message("alice@example.com", "r", "b\r\n"),
+        )
+        .await;
+        out.inserted("DKIM-Signature").len()
+    };
+    assert_eq!(signed().await, 1);
+
+    let fifo = dir.path().join("sender_login");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{base}[signing.logins]\nenabled = true\nsender_login_maps = \"{}\"\n",
+            fifo.display()
+        ),
+    )
+    .unwrap();
+    daemon.signal("HUP");
+    // The reload now waits for a writer on the FIFO; mail goes on.
+    for _ in 0..3 {
+        let sent = tokio::time::timeout(std::time::Duration::from_secs(10), signed()).await;
+        assert_eq!(sent.ok(), Some(1), "a message waited for the reload");
+    }
+    assert!(
+        !daemon
+            .lines()
+            .iter()
+            .any(|l| l.contains("configuration reloaded")),
+        "the reload did not wait for the FIFO"
+    );
+    let writer = std::thread::spawn(move || {
+        std::fs::write(&fifo, "alice@example.com alice\n").unwrap();
+    });
+    daemon.wait_log("configuration reloaded", 1);
+    writer.join().unwrap();
+    assert_eq!(signed().await, 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_the_message_in_progress() {
     use indymilter::MacroStage;

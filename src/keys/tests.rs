@@ -322,3 +322,33 @@ fn the_key_is_checked_through_the_open_descriptor() {
         Err(KeyError::Missing(_))
     ));
 }
+
+/// Many keys are read on several threads: the keys come back in the
+/// order of the specs, and the error is the first in that order.
+#[test]
+fn many_keys_load_in_order_and_the_first_error_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = generate(dir.path(), "example.com", "ed", KeyAlgorithm::Ed25519, 2048)
+        .unwrap()
+        .path;
+    let n = PARALLEL_FROM * 3 + 7;
+    let specs: Vec<KeySpec> = (0..n)
+        .map(|i| KeySpec {
+            domain: format!("d{i}.example"),
+            origin: format!("key[{i}]"),
+            ..spec(&file, Some(KeyAlgorithm::Ed25519))
+        })
+        .collect();
+    let keys = load_all_trusting(&specs, None).unwrap();
+    let domains: Vec<&str> = keys.iter().map(|k| k.domain.as_str()).collect();
+    let wanted: Vec<String> = (0..n).map(|i| format!("d{i}.example")).collect();
+    assert_eq!(domains, wanted);
+    // Two missing files, in different threads' parts: the earlier is named.
+    let mut broken = specs.clone();
+    for i in [n - 3, PARALLEL_FROM + 5] {
+        broken[i].path = dir.path().join(format!("missing-{i}.pem"));
+    }
+    let (origin, e) = load_all_trusting(&broken, None).unwrap_err();
+    assert_eq!(origin, format!("key[{}]", PARALLEL_FROM + 5));
+    assert!(matches!(e, KeyError::Missing(_)), "{e}");
+}
