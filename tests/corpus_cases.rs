@@ -124,7 +124,8 @@ async fn regression_cases() {
             // The From gate's refusal: decided at end of headers, answered
             // at end of message (rmilter negotiates no reply there).
             (Status::Reject { message: Some(m) }, _)
-                if m.to_string_lossy().starts_with("550 5.7.1 message refused: ") =>
+                if m.to_string_lossy()
+                    .starts_with("550 5.7.1 message refused: ") =>
             {
                 "refused"
             }

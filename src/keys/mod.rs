@@ -365,7 +365,9 @@ pub fn load_all_trusting(
                     part[0].origin.clone(),
                     KeyError::Io {
                         path: part[0].path.clone(),
-                        error: std::io::Error::other("the thread reading this key and the next failed"),
+                        error: std::io::Error::other(
+                            "the thread reading this key and the next failed",
+                        ),
                     },
                 )
             })?;

@@ -20,9 +20,9 @@ use crate::config::{FailureSettings, ReportSettings};
 use crate::verify::spf::HickoryDns;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::mpsc::{Receiver, Sender, channel, error::TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc::{Receiver, Sender, channel, error::TrySendError};
 use tracing::{info, warn};
 
 /// Seconds in a UTC day: the window of the per-destination and global caps.

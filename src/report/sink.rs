@@ -10,9 +10,9 @@ use super::{Evaluation, EvaluationSink, period_of, unix_time};
 use crate::config::ReportSettings;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::mpsc::{Receiver, Sender, channel, error::TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc::{Receiver, Sender, channel, error::TrySendError};
 use tracing::{info, warn};
 
 /// Records written per store transaction at most.
