@@ -19,7 +19,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
-            daemon::one_malloc_arena();
             let config_ref = ConfigRef {
                 path: args.config.config,
                 default_path: DEFAULT_CONFIG.into(),
@@ -28,7 +27,7 @@ fn main() -> ExitCode {
                     keys: args.keys,
                 },
             };
-            let runtime = match config_ref.load() {
+            let runtime = match daemon::load_apart(&config_ref) {
                 Ok(runtime) => runtime,
                 Err(e) => return config_failure(&e),
             };

@@ -13,7 +13,7 @@ pub mod privileges;
 pub use listen::{Bound, bind, remove_socket};
 pub use pidfile::{PidFile, ReloadRequest, request_reload};
 
-use crate::config::{Config, Overrides, Source};
+use crate::config::{Config, ConfigError, Overrides, Source};
 use crate::milter::{self, MilterState};
 use crate::runtime::Runtime;
 use anyhow::Context as _;
@@ -283,19 +283,35 @@ pub(crate) fn release_freed_memory() {
     }
 }
 
-/// One malloc arena for the whole daemon. glibc gives each new thread an
-/// arena of its own (up to 8 per CPU); rmilter's mail runs on one thread,
-/// and the threads beside it (the report writers, reloads, the key loaders
-/// of a large configuration) each kept their arena's memory: 7 MiB more
-/// RSS after loading 10,000 keys on two threads. Their allocations are
-/// few, so sharing the main arena costs no measurable contention.
-pub fn one_malloc_arena() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes an allocator setting; called before
-    // any thread but the main one exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
+/// Load the configuration and keys on a thread of their own, then return
+/// the memory that loading freed to the kernel.
+///
+/// glibc gives a new thread its own malloc arena, so the parsed
+/// configuration and keys live apart from the heap the milter sessions
+/// allocate from, and the garbage of parsing them (and, on reload, the
+/// freed old configuration) never fragments it: with 10,000 keys loaded on
+/// the sessions' own heap, malloc took 14 % of the CPU per message instead
+/// of 3 %, and a message cost up to 50 % more CPU after a few reloads.
+pub fn load_apart(config_ref: &ConfigRef) -> Result<Runtime, ConfigError> {
+    let from = config_ref.clone();
+    let loaded = std::thread::Builder::new()
+        .name("rmilter-load".to_string())
+        .spawn(move || from.load())
+        .map_err(|e| ConfigError::Invalid {
+            file: "rmilter".to_string(),
+            key: "load".to_string(),
+            message: format!("cannot start the loading thread: {e}"),
+        })?
+        .join()
+        .unwrap_or_else(|_| {
+            Err(ConfigError::Invalid {
+                file: "rmilter".to_string(),
+                key: "load".to_string(),
+                message: "the loading thread failed".to_string(),
+            })
+        });
+    release_freed_memory();
+    loaded
 }
 
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
