@@ -240,7 +240,7 @@ def measure(bench, log, label, config, rep, count):
 
 def run(bench, n, reps, log):
     configs = generate(bench.root, n, log)
-    count = 3000 if bench.a.quick else 10000
+    count = 3000 if bench.a.quick else 20000
     for rep in range(1, reps + 1):
         rows = ROWS if rep % 2 else ROWS[::-1]
         for label, _, _, _ in rows:
@@ -257,7 +257,8 @@ def report(recs, p, med, fmt):
     p("")
     p("Start = `rmilter run` to its socket accepting; reload = SIGHUP to the \"configuration reloaded\" log line; "
       "RSS from /proc one second after each. CPU ratio = milter CPU per message against the one-domain "
-      "configuration of the same algorithm, paired per repetition (target: within 5 %).")
+      "configuration of the same algorithm, paired per repetition, median (target: at most 5 % more; "
+      "two runs of one configuration differ by up to 10-15 % with --quick's 3,000 messages).")
     p("")
     p("| configuration | reps | check-config wall / CPU s | start s | RSS after start MiB | reload s (median of "
       f"{RELOADS} per rep) | RSS after reloads MiB (max) | CPU ms/msg | CPU vs one domain |")
@@ -273,7 +274,7 @@ def report(recs, p, med, fmt):
             if b and b[0].get("cpu_ms_per_msg") and r.get("cpu_ms_per_msg"):
                 ratios.append(r["cpu_ms_per_msg"] / b[0]["cpu_ms_per_msg"])
         rat = med(ratios)
-        verdict = "" if not large or rat is None else (" PASS" if abs(rat - 1) <= 0.05 else " FAIL")
+        verdict = "" if not large or rat is None else (" PASS" if rat <= 1.05 else " FAIL")
         shown = label.replace("N ", f"{n:,} ")
         p(f"| {shown} | {len(rs)} | {fmt(med([r['check_wall_s'] for r in rs]))} / "
           f"{fmt(med([r['check_cpu_s'] for r in rs]))} | {fmt(med([r['start_s'] for r in rs]))} | "
