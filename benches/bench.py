@@ -232,10 +232,12 @@ def read_pidfile(path, wait_s=10):
     raise RuntimeError(f"no pid in {path} after {wait_s} s")
 
 
-def sock_up(spec, wait_s=10):
+def sock_up(spec, wait_s=10, poll_s=0.1):
+    """-> seconds until `spec` accepted a connection; RuntimeError after wait_s."""
+    t0 = time.monotonic()
     kind, _, addr = spec.partition(":")
     err = None
-    for _ in range(int(wait_s * 10)):
+    for _ in range(int(wait_s / poll_s)):
         if kind == "unix":
             s = socket.socket(socket.AF_UNIX)
             target = addr
@@ -247,11 +249,11 @@ def sock_up(spec, wait_s=10):
         try:
             s.connect(target)
             s.close()
-            return
+            return time.monotonic() - t0
         except OSError as e:
             err = e
             s.close()
-        time.sleep(0.1)
+        time.sleep(poll_s)
     raise RuntimeError(f"{spec}: nothing accepts connections after {wait_s} s ({err})")
 
 
@@ -850,7 +852,8 @@ class Bench:
                 self.phase("single", single)
                 if a.domains:
                     log(f"== many domains ({a.domains} signing domains and policies): start, reload, RSS, CPU")
-                    self.phase("many-domains", lambda: many_domains.run(self, a.domains, a.reps, log))
+                    self.phase("many-domains", lambda: many_domains.run(
+                        self, a.domains, a.reps, log, sock_up=sock_up, mem_kb=_mem_kb))
             else:
                 log("== milter alone: skipped (no milterload binary)")
             if a.postfix:

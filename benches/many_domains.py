@@ -28,7 +28,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import time
 
@@ -53,16 +52,6 @@ def _dom(i):
 def _children_cpu():
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
-
-
-def _status_kib(pid, field):
-    try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def _write(path, text, mode=0o600):
@@ -148,22 +137,6 @@ def generate(root, n, log):
     return configs
 
 
-def _wait_sock(path, proc, limit_s=120):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < limit_s:
-        if proc.poll() is not None:
-            raise RuntimeError(f"rmilter exited ({proc.returncode}) before its socket appeared")
-        s = socket.socket(socket.AF_UNIX)
-        try:
-            s.connect(path)
-            return time.monotonic() - t0
-        except OSError:
-            time.sleep(0.005)
-        finally:
-            s.close()
-    raise RuntimeError(f"{path}: no socket after {limit_s} s")
-
-
 def _wait_log(path, pattern, count, proc, limit_s=120):
     t0 = time.monotonic()
     rx = re.compile(pattern)
@@ -176,7 +149,7 @@ def _wait_log(path, pattern, count, proc, limit_s=120):
     raise RuntimeError(f"no {pattern!r} in {path} after {limit_s} s")
 
 
-def measure(bench, log, label, config, rep, count):
+def measure(bench, log, sock_up, mem_kb, label, config, rep, count):
     """One start, three reloads and one milterload run of `config`; emits a "many" record."""
     root = bench.root
     sock = os.path.join(root, "run", "rmilter", "rmilter.sock")
@@ -199,10 +172,14 @@ def measure(bench, log, label, config, rep, count):
     rec = {"kind": "many", "label": label, "rep": rep, "mode": mode, "n": bench.a.domains, "check_wall_s": round(check_wall, 3),
            "check_cpu_s": round(check_cpu, 3)}
     try:
-        rec["start_s"] = round(_wait_sock(sock, p), 3)
+        try:
+            rec["start_s"] = round(sock_up("unix:" + sock, wait_s=120, poll_s=0.005), 3)
+        except RuntimeError:
+            if p.poll() is not None:
+                raise RuntimeError(f"rmilter exited ({p.returncode}); see {logf}")
+            raise
         time.sleep(1)
-        rec["rss_start_kib"] = _status_kib(p.pid, "VmRSS")
-        rec["hwm_start_kib"] = _status_kib(p.pid, "VmHWM")
+        rec["rss_start_kib"], rec["hwm_start_kib"] = mem_kb(p.pid)
         rec["reload_s"], rec["rss_reload_kib"] = [], []
         for i in range(1, RELOADS + 1):
             t0 = time.monotonic()
@@ -210,7 +187,7 @@ def measure(bench, log, label, config, rep, count):
             _wait_log(logf, r"configuration reloaded", i, p)
             rec["reload_s"].append(round(time.monotonic() - t0, 3))
             time.sleep(1)
-            rec["rss_reload_kib"].append(_status_kib(p.pid, "VmRSS"))
+            rec["rss_reload_kib"].append(mem_kb(p.pid)[0])
         jpath = os.path.join(bench.out, "milterload", f"many-{rep}-{re.sub('[^a-z0-9]+', '-', label.lower())}.json")
         args = bench.milterload_args(["unix:" + sock], mode, "2k", {"rmilter": p.pid}) + [
             "--sessions", str(bench.a.sessions), "--count", str(count), "--warmup", "100",
@@ -239,13 +216,14 @@ def measure(bench, log, label, config, rep, count):
     return rec
 
 
-def run(bench, n, reps, log):
+def run(bench, n, reps, log, sock_up, mem_kb):
+    """sock_up, mem_kb: bench.py's socket wait and /proc memory reader."""
     configs = generate(bench.root, n, log)
     count = 3000 if bench.a.quick else 20000
     for rep in range(1, reps + 1):
         rows = ROWS if rep % 2 else ROWS[::-1]
         for label, _, _, _ in rows:
-            measure(bench, log, label, configs[label], rep, count)
+            measure(bench, log, sock_up, mem_kb, label, configs[label], rep, count)
 
 
 def report(recs, p, med, fmt):

@@ -643,12 +643,16 @@ impl Session {
         self.decided = None;
     }
 
-    /// The reply for an internal error after the message ended.
+    /// The reply when the end-of-message edits could not be applied.
+    /// `on_error = "quarantine"` cannot hold the message then (the
+    /// quarantine request is one of those edits, and quarantine's reply is
+    /// continue): it is refused temporarily instead of delivered unheld.
     pub fn on_error_reply(&self) -> Reply {
-        act(
-            self.state.runtime().config.actions.on_error,
-            Failure::Internal,
-        )
+        let action = match self.state.runtime().config.actions.on_error {
+            Action::Quarantine => Action::Tempfail,
+            action => action,
+        };
+        act(action, Failure::Internal)
     }
 
     fn direction(&self, macros: &impl MacroSource) -> Direction {
@@ -924,5 +928,15 @@ mod tests {
             plan.reply
         );
         assert!(plan.delete.is_empty());
+    }
+
+    /// When the end-of-message edits fail, quarantine cannot hold the
+    /// message: it is refused temporarily, never passed on unheld.
+    #[test]
+    fn edits_that_fail_under_quarantine_are_tempfailed() {
+        let s = session("[actions]\non_error = \"quarantine\"\n");
+        assert!(matches!(s.on_error_reply(), Reply::Tempfail { .. }));
+        let s = session("[actions]\non_error = \"accept\"\n");
+        assert_eq!(s.on_error_reply(), Reply::Accept);
     }
 }
