@@ -117,9 +117,11 @@ fn negotiate(
             | ProtoOpts::NOREPLY_HEADER
             | ProtoOpts::NOREPLY_EOH
             | ProtoOpts::NOREPLY_BODY);
-    // RCPT events only when failure reports include the recipients
-    // ([report.failure] include_rcpt_to): otherwise Postfix skips them.
-    if state.runtime().config.report.failure.include_rcpt_to {
+    // RCPT events only when failure reports are on and include the
+    // recipients ([report.failure] include_rcpt_to): otherwise Postfix
+    // skips them.
+    let failure = &state.runtime().config.report.failure;
+    if failure.enabled && failure.include_rcpt_to {
         cx.requested_opts |= mta_opts & ProtoOpts::NOREPLY_RCPT;
     } else {
         cx.requested_opts |= ProtoOpts::NO_RCPT;
