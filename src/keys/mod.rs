@@ -337,7 +337,8 @@ pub fn load_all_trusting(
     specs: &[KeySpec],
     trusted: Option<u32>,
 ) -> Result<Vec<Arc<LoadedKey>>, (String, KeyError)> {
-    let load = |specs: &[KeySpec]| -> Vec<Result<Arc<LoadedKey>, (String, KeyError)>> {
+    // Each part stops at its first error.
+    let load = |specs: &[KeySpec]| -> Result<Vec<Arc<LoadedKey>>, (String, KeyError)> {
         specs
             .iter()
             .map(|spec| {
@@ -349,7 +350,7 @@ pub fn load_all_trusting(
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if threads < 2 || specs.len() < PARALLEL_FROM {
-        return load(specs).into_iter().collect();
+        return load(specs);
     }
     let chunk = specs.len().div_ceil(threads);
     std::thread::scope(|scope| {
@@ -360,7 +361,7 @@ pub fn load_all_trusting(
         let mut out = Vec::with_capacity(specs.len());
         for (worker, part) in workers.into_iter().zip(specs.chunks(chunk)) {
             // A worker that panicked loaded nothing: say which keys.
-            let results = worker.join().map_err(|_| {
+            let loaded = worker.join().map_err(|_| {
                 (
                     part[0].origin.clone(),
                     KeyError::Io {
@@ -371,9 +372,7 @@ pub fn load_all_trusting(
                     },
                 )
             })?;
-            for result in results {
-                out.push(result?);
-            }
+            out.extend(loaded?);
         }
         Ok(out)
     })
