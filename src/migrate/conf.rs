@@ -208,7 +208,7 @@ pub fn dataset(
     Ok(Ok(list_dataset(value, setting)))
 }
 
-fn resolve(base: &Path, path: &str) -> PathBuf {
+pub(super) fn resolve(base: &Path, path: &str) -> PathBuf {
     let p = Path::new(path.trim());
     if p.is_absolute() {
         p.to_path_buf()

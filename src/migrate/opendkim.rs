@@ -618,7 +618,7 @@ fn single_key(c: &ConfFile, base: &Path, cx: &mut Ctx) -> Result<(), MigrateErro
             Vec::new()
         }
     };
-    let file = resolve(base, &keyfile.value);
+    let file = conf::resolve(base, &keyfile.value);
     for d in &domains {
         if d.contains('*') {
             cx.add(
@@ -694,15 +694,6 @@ fn single_key(c: &ConfFile, base: &Path, cx: &mut Ctx) -> Result<(), MigrateErro
         );
     }
     Ok(())
-}
-
-fn resolve(base: &Path, p: &str) -> PathBuf {
-    let p = Path::new(p.trim());
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
-    }
 }
 
 struct TableKey {
@@ -829,7 +820,7 @@ fn key_table(c: &ConfFile, kt: &Setting, base: &Path, cx: &mut Ctx) -> Result<()
             name,
             domain: domain.to_ascii_lowercase(),
             selector: selector.to_string(),
-            file: resolve(base, file),
+            file: conf::resolve(base, file),
             row: row.clone(),
         });
     }
@@ -1111,8 +1102,11 @@ pub fn check_key_files(cx: &mut Ctx) {
             let mode = m.permissions().mode() & 0o7777;
             let d = dir.display();
             let sticky = mode & 0o1000 != 0;
+            // As keys::safety::check_dirs: writable by everyone (not
+            // sticky), or by a group other than root's.
             if (m.uid() != 0 && Some(m.uid()) != uid)
-                || (mode & 0o022 != 0 && !sticky && m.gid() != 0)
+                || (mode & 0o002 != 0 && !sticky)
+                || (mode & 0o020 != 0 && !sticky && m.gid() != 0)
             {
                 cx.key_fixes.push(format!("chown root {d}"));
                 cx.key_fixes.push(format!("chmod go-w {d}"));

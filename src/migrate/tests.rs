@@ -542,3 +542,30 @@ fn unsafe_key_file_gets_fix_commands() {
     assert_eq!(m.exit_code(), 1);
     assert!(render_report(&m, None).contains(&format!("  chmod 0640 {k}\n")));
 }
+
+/// A key in a directory everyone may write (root's, not sticky) gets the
+/// fix: rmilter's key-file check refuses such a directory whoever owns it.
+#[test]
+fn world_writable_key_directory_gets_a_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = write(d, "keys/mail.private", "not read");
+    let keys = key.parent().unwrap();
+    std::fs::set_permissions(keys, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let conf = write(
+        d,
+        "opendkim.conf",
+        &format!(
+            "Domain example.com\nSelector mail\nKeyFile {}\n",
+            key.display()
+        ),
+    );
+    let m = run(Some(conf), None).unwrap();
+    assert!(
+        m.key_fixes
+            .contains(&format!("chmod go-w {}", keys.display())),
+        "{:?}",
+        m.key_fixes
+    );
+}
