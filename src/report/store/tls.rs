@@ -125,24 +125,10 @@ fn mode_name(mode: SslMode) -> &'static str {
     }
 }
 
+/// A query value, percent-decoded as DMARC report URIs are.
 fn percent_decode(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent-encoding in {text:?}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("{text:?} is not UTF-8"))
+    crate::verify::dmarc::record::percent_decode(text)
+        .ok_or_else(|| format!("bad percent-encoding (or not UTF-8) in {text:?}"))
 }
 
 /// The rustls client configuration for these settings; `None` for

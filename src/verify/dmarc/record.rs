@@ -124,8 +124,8 @@ fn valid_fo(value: &str) -> bool {
 }
 
 /// `%XX` escapes decoded; `None` for a malformed escape or a result that is
-/// not UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
+/// not UTF-8. Also decodes the report store's connection URL options.
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
