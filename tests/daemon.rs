@@ -6,7 +6,9 @@ mod common;
 
 use common::daemon::{Daemon, free_port};
 use common::drive::{self, Envelope};
+use common::keys::TestKeys;
 use common::{dkim_tag, message};
+use rmilter::config::KeyAlgorithm;
 
 #[test]
 fn embedded_defaults_are_announced_and_sigterm_exits_cleanly() {
@@ -132,21 +134,11 @@ async fn sighup_reloads_and_a_bad_reload_keeps_the_old_configuration() {
 /// still signed with the running configuration.
 #[tokio::test(flavor = "multi_thread")]
 async fn mail_is_signed_while_a_reload_is_reading() {
-    let dir = tempfile::tempdir().unwrap();
-    let k1 = rmilter::keys::generate(
-        dir.path(),
-        "example.com",
-        "one",
-        rmilter::config::KeyAlgorithm::Ed25519,
-        0,
-    )
-    .unwrap();
+    let keys = TestKeys::new(&[("example.com", "one", KeyAlgorithm::Ed25519)]);
+    let dir = keys.dir.path();
     let port = free_port();
-    let config = dir.path().join("rmilter.toml");
-    let base = format!(
-        "listen = \"inet:127.0.0.1:{port}\"\n[[key]]\ndomain = \"example.com\"\nselector = \"one\"\nfile = \"{}\"\n",
-        k1.path.display()
-    );
+    let config = dir.join("rmilter.toml");
+    let base = format!("listen = \"inet:127.0.0.1:{port}\"\n{}", keys.toml());
     std::fs::write(&config, &base).unwrap();
     let daemon = Daemon::start(&["-c", config.to_str().unwrap()]);
     daemon.wait_log("rmilter started", 1);
@@ -162,7 +154,7 @@ async fn mail_is_signed_while_a_reload_is_reading() {
     };
     assert_eq!(signed().await, 1);
 
-    let fifo = dir.path().join("sender_login");
+    let fifo = dir.join("sender_login");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     std::fs::write(
         &config,
