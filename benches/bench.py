@@ -604,19 +604,30 @@ class Bench:
                                "-t", env["rcpt"], "-F", f, "-s", str(sessions), "-m", str(count), "127.0.0.1:2525"],
                               capture_output=True, text=True)
 
+    def postfix_up(self, impl, mode):
+        """Start the milters of impl (none for the baseline) and a Postfix using them, with an
+        empty queue -> (milter sockets, {label: pid}). postfix_down() undoes it, also after errors."""
+        socks, pids = self.start_milters(impl, mode) if impl != "baseline" else ([], {})
+        subprocess.run(["postconf", "-c", f"{self.root}/postfix", "-e",
+                        "smtpd_milters = " + ", ".join(socks)], check=True, timeout=30)
+        subprocess.run(["postsuper", "-c", f"{self.root}/postfix", "-d", "ALL"], capture_output=True, timeout=60)
+        self.pf("start")
+        self.procs.add("postfix", read_pidfile(f"{self.root}/spool/pid/master.pid"))
+        sock_up("inet:127.0.0.1:2525")
+        return socks, pids
+
+    def postfix_down(self):
+        self.procs.stop("smtp-sink")
+        if self.procs.pid("postfix"):
+            self.pf("stop", check=False)
+            self.procs.stop("postfix")
+        self.stop_milters()
+
     def run_postfix(self, impl, mode, rep):
         """impl: baseline | rmilter | peer; mode: the milter mode (baseline: message direction only)."""
         self.pflog = f"{self.root}/log/postfix.log"
-        pids, socks = {}, []
         try:
-            if impl != "baseline":
-                socks, pids = self.start_milters(impl, mode)
-            subprocess.run(["postconf", "-c", f"{self.root}/postfix", "-e",
-                            "smtpd_milters = " + ", ".join(socks)], check=True, timeout=30)
-            subprocess.run(["postsuper", "-c", f"{self.root}/postfix", "-d", "ALL"], capture_output=True, timeout=60)
-            self.pf("start")
-            self.procs.add("postfix", read_pidfile(f"{self.root}/spool/pid/master.pid"))
-            sock_up("inet:127.0.0.1:2525")
+            _, pids = self.postfix_up(impl, mode)
             # warm-up, delivered to a dumping sink: the delivered headers are the sanity check
             self.start_sink(dump=(rep == 1))
             off = self.log_size()
@@ -659,11 +670,7 @@ class Bench:
             text = self.log_since(off)
             alive = {k: self._alive(v) for k, v in pids.items()}
         finally:
-            self.procs.stop("smtp-sink")
-            if self.procs.pid("postfix"):
-                self.pf("stop", check=False)
-                self.procs.stop("postfix")
-            self.stop_milters()
+            self.postfix_down()
         d = lambda k: (c1[k]["cpu_s"] - c0[k]["cpu_s"]) if c0.get(k) and c1.get(k) else 0.0
         mil = sum(d(k) for k in pids)
         sent = text.count("status=sent")
@@ -758,26 +765,14 @@ class Bench:
     def run_single_postfix(self, impl, mode, rep):
         """One SMTP session at a time through Postfix: end-of-message latency p50/p99."""
         self.pflog = f"{self.root}/log/postfix.log"
-        pids, socks = {}, []
         n = 100 if self.a.quick else 400
         try:
-            if impl != "baseline":
-                socks, pids = self.start_milters(impl, mode)
-            subprocess.run(["postconf", "-c", f"{self.root}/postfix", "-e",
-                            "smtpd_milters = " + ", ".join(socks)], check=True, timeout=30)
-            subprocess.run(["postsuper", "-c", f"{self.root}/postfix", "-d", "ALL"], capture_output=True, timeout=60)
-            self.pf("start")
-            self.procs.add("postfix", read_pidfile(f"{self.root}/spool/pid/master.pid"))
-            sock_up("inet:127.0.0.1:2525")
+            self.postfix_up(impl, mode)
             self.start_sink(dump=False)
             self.smtp_single(mode, 10)
             eom, whole = self.smtp_single(mode, n)
         finally:
-            self.procs.stop("smtp-sink")
-            if self.procs.pid("postfix"):
-                self.pf("stop", check=False)
-                self.procs.stop("postfix")
-            self.stop_milters()
+            self.postfix_down()
         q = lambda v, x: sorted(v)[min(len(v) - 1, int(x * len(v)))]
         rec = {"kind": "single-postfix", "size": "2k", "mode": mode, "impl": impl, "rep": rep, "messages": n,
                "eom_p50_ms": q(eom, 0.5), "eom_p99_ms": q(eom, 0.99), "session_p50_ms": q(whole, 0.5),
