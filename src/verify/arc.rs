@@ -10,6 +10,7 @@
 //! statement per `;`. Anything it cannot read vouches for nothing.
 
 use super::dmarc::Record as DmarcRecord;
+use super::dmarc::within;
 use mail_auth::dmarc::Alignment;
 
 /// The longest ARC-Authentication-Results value read (a few results with
@@ -189,19 +190,13 @@ fn words(part: &str) -> Vec<String> {
 /// `mode` asks, read conservatively: strict is the same name; relaxed also
 /// allows a parent of the author domain, but never above `floor` (the name
 /// that holds the DMARC record applied), so no public suffix ever aligns.
+/// Names are compared as lower-case A-labels, as DMARC alignment compares
+/// them.
 fn aligned(id: &str, author: &str, mode: Alignment, floor: &str) -> bool {
     let id = id.trim_end_matches('.');
-    if id.eq_ignore_ascii_case(author) {
-        return true;
-    }
-    mode == Alignment::Relaxed
-        && author
-            .to_ascii_lowercase()
-            .ends_with(&format!(".{}", id.to_ascii_lowercase()))
-        && (id.eq_ignore_ascii_case(floor)
-            || id
-                .to_ascii_lowercase()
-                .ends_with(&format!(".{}", floor.to_ascii_lowercase())))
+    let id = idna::domain_to_ascii(id).unwrap_or_else(|_| id.to_ascii_lowercase());
+    let (author, floor) = (author.to_ascii_lowercase(), floor.to_ascii_lowercase());
+    id == author || (mode == Alignment::Relaxed && within(&author, &id) && within(&id, &floor))
 }
 
 /// The domain of an SPF identity: `local@domain`, `@domain` or `domain`.
@@ -352,5 +347,29 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// Alignment as DMARC reads it: relaxed allows a parent of the author
+    /// down to the record's name, never above; U-labels compare as A-labels.
+    #[test]
+    fn alignment_of_an_identity_with_the_author() {
+        use mail_auth::dmarc::Alignment::{Relaxed, Strict};
+        let floor = "example.com";
+        assert!(aligned("Example.COM.", "example.com", Strict, floor));
+        assert!(!aligned("example.com", "mail.example.com", Strict, floor));
+        assert!(aligned("example.com", "mail.example.com", Relaxed, floor));
+        assert!(!aligned("com", "mail.example.com", Relaxed, floor));
+        assert!(!aligned(
+            "other.example.com",
+            "mail.example.com",
+            Relaxed,
+            floor
+        ));
+        assert!(aligned(
+            "bücher.example",
+            "xn--bcher-kva.example",
+            Strict,
+            "xn--bcher-kva.example"
+        ));
     }
 }

@@ -216,7 +216,7 @@ impl<D: DmarcDns> Aligner<'_, D> {
 }
 
 /// `name` is `parent` or a name below it.
-fn within(name: &str, parent: &str) -> bool {
+pub(super) fn within(name: &str, parent: &str) -> bool {
     name == parent
         || name
             .strip_suffix(parent)
