@@ -2,109 +2,286 @@
 //! answers on it; mode, owner and group set so Postfix can connect) or a
 //! TCP socket whose connections acknowledge reads at once (no delayed-ACK
 //! stall with an MTA that leaves Nagle's algorithm on).
+//!
+//! The connections are rmilter's own [`MilterStream`], not tokio's
+//! streams: tokio registers every stream for both read and write readiness,
+//! and with edge-triggered epoll each reply rmilter writes comes back as a
+//! "writable" event once the MTA has read it, a wake-up of the runtime for
+//! nothing (a third of all wake-ups through Postfix).
 
 use crate::config::{ListenAddr, SocketOptions};
 use anyhow::{Context, bail};
-use indymilter::EitherListener;
+use socket2::Socket;
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use tokio::net::{TcpListener, UnixListener};
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll, ready};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{Interest, ReadBuf};
 use tracing::{info, warn};
 
-/// A TCP milter listener whose connections have Nagle's algorithm off and
-/// acknowledge what they read at once (see [`QuickAck`]). With Nagle a
-/// small answer written after a partial one would wait for the MTA's
-/// delayed ACK (up to 40 ms on Linux) instead of leaving at once.
-pub struct NoDelay(pub TcpListener);
+/// A listening milter socket, unix or TCP, registered for readability only.
+pub struct MilterListener {
+    fd: AsyncFd<Socket>,
+    tcp: bool,
+}
 
-impl indymilter::Listener for NoDelay {
-    type Io = QuickAck;
-
-    fn poll_accept(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<Self::Io>> {
-        self.0.poll_accept(cx).map_ok(|(stream, _)| {
-            if let Err(e) = stream.set_nodelay(true) {
-                warn!(error = %e, "cannot set TCP_NODELAY on a milter connection");
-            }
-            QuickAck(stream)
+impl MilterListener {
+    fn new(socket: Socket, tcp: bool) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        Ok(Self {
+            fd: register(socket, Interest::READABLE)?,
+            tcp,
         })
     }
 }
 
-/// A milter TCP connection that sends the ACK for every read at once.
-///
-/// rmilter negotiates "no reply" for several stages, so the MTA writes
-/// several milter packets back to back. Postfix keeps Nagle's algorithm on
-/// its milter sockets: its second small write waits until the first is
-/// acknowledged, and Linux delays that ACK (40 ms) when rmilter has nothing
-/// to send back. `TCP_QUICKACK` sends the pending ACK now; the kernel
-/// clears the flag again on its own, so it is set after every read that
-/// returned data (one `setsockopt` per read, 1–2 µs).
-pub struct QuickAck(tokio::net::TcpStream);
-
-impl QuickAck {
-    fn ack_now(&self) {
-        // Best effort: a failure only means the old delayed ACK.
-        let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
-    }
+/// Register a socket with the runtime's reactor for `interest`.
+fn register(socket: Socket, interest: Interest) -> io::Result<AsyncFd<Socket>> {
+    // SAFETY: the `Socket` owns its file descriptor, closes it only when
+    // dropped, and `as_raw_fd` always returns that same descriptor; the
+    // socket is never swapped out through `AsyncFd::get_mut`.
+    Ok(unsafe { AsyncFd::register_with_interest(socket, interest) }?)
 }
 
-impl tokio::io::AsyncRead for QuickAck {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
-        if matches!(poll, std::task::Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.ack_now();
+impl indymilter::Listener for MilterListener {
+    type Io = MilterStream;
+
+    fn poll_accept(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<MilterStream>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            let accepted = guard.try_io(|listener| {
+                listener
+                    .get_ref()
+                    .accept4(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+            });
+            match accepted {
+                Ok(Ok((socket, _peer))) => {
+                    if self.tcp
+                        && let Err(e) = socket.set_tcp_nodelay(true)
+                    {
+                        warn!(error = %e, "cannot set TCP_NODELAY on a milter connection");
+                    }
+                    return Poll::Ready(MilterStream::new(socket, self.tcp));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => {}
+            }
         }
-        poll
     }
 }
 
-impl tokio::io::AsyncWrite for QuickAck {
+/// A milter connection.
+///
+/// It waits for readability only. rmilter's replies are small (an answer,
+/// a few header edits) and a socket's send buffer holds hundreds of them,
+/// so a write goes out at once; only a write the kernel refuses
+/// (`EWOULDBLOCK`, an MTA that stopped reading) registers the socket for
+/// write readiness too, and then it stays so.
+///
+/// Header edits are held until the answer that ends the message and sent
+/// with it in one write. indymilter writes and flushes every reply on its
+/// own; at end of message an edit is always followed by the final answer,
+/// and the MTA reads on until that answer, so sending the edits apart
+/// would only cost a system call here and a wake-up of the MTA's reader.
+///
+/// On TCP the ACK for every read is sent at once: rmilter negotiates "no
+/// reply" for several stages, so the MTA writes several milter packets back
+/// to back. Postfix keeps Nagle's algorithm on its milter sockets: its
+/// second small write waits until the first is acknowledged, and Linux
+/// delays that ACK (40 ms) when rmilter has nothing to send back.
+/// `TCP_QUICKACK` sends the pending ACK now; the kernel clears the flag
+/// again on its own, so it is set after every read that returned data.
+pub struct MilterStream {
+    /// `None` only while the registration is being replaced.
+    fd: Option<AsyncFd<Socket>>,
+    tcp: bool,
+    writable_interest: bool,
+    out: Outgoing,
+}
+
+/// What rmilter wrote and the MTA has not been sent yet.
+#[derive(Default)]
+struct Outgoing {
+    buf: Vec<u8>,
+    /// How much of `buf` is sent.
+    sent: usize,
+    /// Where the next milter packet starts in `buf` (past its end while a
+    /// packet is incomplete).
+    next_packet: usize,
+    /// The reply code of the last packet that started in `buf`.
+    last_code: u8,
+}
+
+impl Outgoing {
+    /// The reply codes of the message edits (`SMFIR_ADDRCPT`,
+    /// `SMFIR_DELRCPT`, `SMFIR_ADDRCPT_PAR`, `SMFIR_REPLBODY`,
+    /// `SMFIR_CHGFROM`, `SMFIR_ADDHEADER`, `SMFIR_INSHEADER`,
+    /// `SMFIR_CHGHEADER`, `SMFIR_QUARANTINE`): never the last reply of an
+    /// exchange. `SMFIR_PROGRESS` is not one of them: it must leave at once.
+    const EDITS: &'static [u8] = b"+-2behimq";
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        while self.next_packet + 5 <= self.buf.len() {
+            let at = self.next_packet;
+            let len = u32::from_be_bytes([
+                self.buf[at],
+                self.buf[at + 1],
+                self.buf[at + 2],
+                self.buf[at + 3],
+            ]);
+            self.last_code = self.buf[at + 4];
+            self.next_packet = at + 4 + len as usize;
+        }
+    }
+
+    /// Whether everything waiting ends with a complete message edit.
+    fn holds_edit(&self) -> bool {
+        self.next_packet == self.buf.len() && Self::EDITS.contains(&self.last_code)
+    }
+
+    fn unsent(&self) -> &[u8] {
+        &self.buf[self.sent..]
+    }
+
+    fn clear(&mut self) {
+        // Keep the capacity: the next message's replies are as small.
+        self.buf.clear();
+        self.sent = 0;
+        self.next_packet = 0;
+        self.last_code = 0;
+    }
+}
+
+impl MilterStream {
+    fn new(socket: Socket, tcp: bool) -> io::Result<Self> {
+        Ok(Self {
+            fd: Some(register(socket, Interest::READABLE)?),
+            tcp,
+            writable_interest: false,
+            out: Outgoing::default(),
+        })
+    }
+
+    fn fd(&self) -> io::Result<&AsyncFd<Socket>> {
+        self.fd
+            .as_ref()
+            .ok_or_else(|| io::Error::other("milter connection lost its registration"))
+    }
+
+    /// Register for write readiness as well (after a refused write).
+    fn want_writable(&mut self) -> io::Result<()> {
+        let socket = match self.fd.take() {
+            Some(fd) => fd.into_inner(),
+            None => return Err(io::Error::other("milter connection lost its registration")),
+        };
+        self.fd = Some(register(socket, Interest::READABLE | Interest::WRITABLE)?);
+        self.writable_interest = true;
+        Ok(())
+    }
+
+    /// Send everything waiting.
+    fn poll_send(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        while !self.out.unsent().is_empty() {
+            let sent = if self.writable_interest {
+                let fd = self.fd()?;
+                let mut guard = ready!(fd.poll_write_ready(cx))?;
+                match guard.try_io(|socket| send(socket.get_ref(), self.out.unsent())) {
+                    Ok(sent) => sent,
+                    Err(_would_block) => continue,
+                }
+            } else {
+                match send(self.fd()?.get_ref(), self.out.unsent()) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.want_writable()?;
+                        continue;
+                    }
+                    sent => sent,
+                }
+            };
+            match sent {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.out.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        self.out.clear();
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn send(socket: &Socket, bytes: &[u8]) -> io::Result<usize> {
+    socket.send_with_flags(bytes, libc::MSG_NOSIGNAL)
+}
+
+impl tokio::io::AsyncRead for MilterStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let fd = this.fd()?;
+        loop {
+            let mut guard = ready!(fd.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            let wanted = unfilled.len();
+            match (&mut fd.get_ref()).read(unfilled) {
+                Ok(n) => {
+                    if n < wanted {
+                        // A short read emptied the socket (epoll is
+                        // edge-triggered): wait for the next event instead
+                        // of reading again into EWOULDBLOCK.
+                        guard.clear_ready();
+                    }
+                    if n > 0 && this.tcp {
+                        // Best effort: a failure only means the old delayed ACK.
+                        let _ = fd.get_ref().set_tcp_quickack(true);
+                    }
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for MilterStream {
+    /// Takes everything; [`poll_flush`](Self::poll_flush) sends it.
     fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        self: Pin<&mut Self>,
+        _cx: &mut TaskContext<'_>,
         buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().out.push(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.out.holds_edit() {
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_send(cx)
     }
 
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        Poll::Ready(this.fd()?.get_ref().shutdown(std::net::Shutdown::Write))
     }
 }
 
 /// A bound milter socket.
 pub struct Bound {
-    pub listener: EitherListener<NoDelay, UnixListener>,
+    pub listener: MilterListener,
     /// The unix socket file to remove at exit.
     pub unix_path: Option<PathBuf>,
     /// The address actually bound (a port of 0 resolved).
@@ -127,14 +304,12 @@ pub fn bind(addr: &ListenAddr, socket: &SocketOptions) -> anyhow::Result<Bound> 
         ListenAddr::Inet(sa) => {
             let std = std::net::TcpListener::bind(sa)
                 .with_context(|| format!("cannot listen on {addr}"))?;
-            std.set_nonblocking(true)?;
-            let listener = TcpListener::from_std(std)?;
-            let local = ListenAddr::Inet(listener.local_addr()?);
+            let local = ListenAddr::Inet(std.local_addr()?);
             if !sa.ip().is_loopback() {
                 warn!(listen = %local, "listening on a non-loopback address: every host that can connect can have mail signed");
             }
             Ok(Bound {
-                listener: EitherListener::Tcp(NoDelay(listener)),
+                listener: MilterListener::new(Socket::from(OwnedFd::from(std)), true)?,
                 unix_path: None,
                 local,
             })
@@ -154,11 +329,9 @@ pub fn bind(addr: &ListenAddr, socket: &SocketOptions) -> anyhow::Result<Bound> 
             // stricter than the mode set next (connecting needs write access).
             let std = std::os::unix::net::UnixListener::bind(path)
                 .with_context(|| format!("cannot listen on {addr}"))?;
-            std.set_nonblocking(true)?;
             set_permissions(path, socket)?;
-            let listener = UnixListener::from_std(std)?;
             Ok(Bound {
-                listener: EitherListener::Unix(listener),
+                listener: MilterListener::new(Socket::from(OwnedFd::from(std)), false)?,
                 unix_path: Some(path.clone()),
                 local: addr.clone(),
             })
@@ -216,4 +389,120 @@ fn set_permissions(path: &Path, socket: &SocketOptions) -> anyhow::Result<()> {
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+    use tokio::io::AsyncWriteExt;
+
+    fn pair() -> (MilterStream, UnixStream) {
+        let (ours, mta) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        mta.set_nonblocking(true).unwrap();
+        let stream = MilterStream::new(Socket::from(OwnedFd::from(ours)), false).unwrap();
+        (stream, mta)
+    }
+
+    fn packet(code: u8, data: &[u8]) -> Vec<u8> {
+        let mut p = (data.len() as u32 + 1).to_be_bytes().to_vec();
+        p.push(code);
+        p.extend_from_slice(data);
+        p
+    }
+
+    /// What the MTA can read now, without waiting.
+    fn readable(mta: &UnixStream) -> Vec<u8> {
+        let mut got = vec![0; 65536];
+        match (&mut &*mta).read(&mut got) {
+            Ok(n) => got[..n].to_vec(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Vec::new(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn header_edits_leave_with_the_answer_that_ends_the_message() {
+        let (mut stream, mta) = pair();
+        let insert = packet(b'i', b"\0\0\0\0Authentication-Results\0mx; none\0");
+        let change = packet(b'm', b"\0\0\0\x01Authentication-Results\0\0");
+        let answer = packet(b'c', b"");
+        stream.write_all(&insert).await.unwrap();
+        stream.flush().await.unwrap();
+        stream.write_all(&change).await.unwrap();
+        stream.flush().await.unwrap();
+        let early = readable(&mta).len();
+        assert_eq!(
+            early, 0,
+            "{early} bytes of edits went out before the answer"
+        );
+        stream.write_all(&answer).await.unwrap();
+        stream.flush().await.unwrap();
+        assert_eq!(readable(&mta), [insert, change, answer].concat());
+    }
+
+    #[tokio::test]
+    async fn answers_and_progress_leave_at_once() {
+        let (mut stream, mta) = pair();
+        for code in [b'O', b'c', b'p', b'a', b't', b'y'] {
+            let reply = packet(code, b"x\0");
+            stream.write_all(&reply).await.unwrap();
+            stream.flush().await.unwrap();
+            assert_eq!(readable(&mta), reply, "reply {:?} was held", code as char);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_written_in_pieces_is_framed_whole() {
+        // Larger than indymilter's write buffer: its length and code come
+        // in one write, the rest in another, then one flush.
+        let (mut stream, mta) = pair();
+        let big = packet(b'h', &vec![b'x'; 20_000]);
+        stream.write_all(&big[..5]).await.unwrap();
+        stream.write_all(&big[5..]).await.unwrap();
+        stream.flush().await.unwrap();
+        let early = readable(&mta).len();
+        assert_eq!(
+            early, 0,
+            "{early} bytes of the edit went out before the answer"
+        );
+        let answer = packet(b'a', b"");
+        stream.write_all(&answer).await.unwrap();
+        stream.flush().await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < big.len() + answer.len() {
+            let more = readable(&mta);
+            assert!(!more.is_empty(), "only {} bytes arrived", got.len());
+            got.extend(more);
+        }
+        assert_eq!(got, [big, answer].concat());
+    }
+
+    #[tokio::test]
+    async fn a_write_the_kernel_refuses_waits_for_the_mta_to_read() {
+        let (mut stream, mta) = pair();
+        mta.set_nonblocking(false).unwrap();
+        // Far more than a unix socket's send buffer holds.
+        let body: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let data = packet(b'a', &body);
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let mut got = Vec::new();
+            (&mut &mta).read_to_end(&mut got).unwrap();
+            got
+        });
+        let written = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            stream.write_all(&data).await?;
+            stream.flush().await?;
+            stream.shutdown().await
+        });
+        written.await.expect("the write never finished").unwrap();
+        assert!(
+            stream.writable_interest,
+            "8 MiB went out without the kernel refusing a write: the test tests nothing"
+        );
+        drop(stream);
+        assert_eq!(reader.join().unwrap(), data);
+    }
 }
