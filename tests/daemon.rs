@@ -354,3 +354,57 @@ async fn evaluation_records_reach_the_store_before_exit() {
         .unwrap();
     assert_eq!(count, 3, "records lost at shutdown");
 }
+
+/// Running out of file descriptors does not stop the milter: the failed
+/// accept is logged, accepting pauses, and mail is signed again once
+/// descriptors are free.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_file_descriptors_left_pauses_accepting_and_mail_goes_on() {
+    let keys = TestKeys::new(&[("example.com", "one", KeyAlgorithm::Ed25519)]);
+    let port = free_port();
+    let config = keys.dir.path().join("rmilter.toml");
+    std::fs::write(
+        &config,
+        format!("listen = \"inet:127.0.0.1:{port}\"\n{}", keys.toml()),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&["-c", config.to_str().unwrap()]);
+    daemon.wait_log("rmilter started", 1);
+    let pid = daemon.pid();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = |n: usize| {
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), &format!("--nofile={n}:")])
+            .status()
+            .unwrap();
+        assert!(status.success(), "prlimit failed");
+    };
+    // Room for two connections, then ten clients.
+    limit(open + 2);
+    let clients: Vec<_> = (0..10)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    daemon.wait_log("cannot accept a milter connection", 1);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok(),
+        "rmilter stopped: {:?}",
+        daemon.lines()
+    );
+    drop(clients);
+    limit(1024);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        drive::drive(
+            addr,
+            &Envelope::authenticated("alice"),
+            &message("alice@example.com", "r", "b\r\n"),
+        ),
+    )
+    .await
+    .expect("no answer after the descriptors were freed");
+    assert_eq!(out.inserted("DKIM-Signature").len(), 1);
+}

@@ -12,6 +12,7 @@
 use crate::config::{ListenAddr, SocketOptions};
 use anyhow::{Context, bail};
 use socket2::Socket;
+use std::future::Future;
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -26,7 +27,13 @@ use tracing::{info, warn};
 pub struct MilterListener {
     fd: AsyncFd<Socket>,
     tcp: bool,
+    /// After an accept failure that is not one connection's (no file
+    /// descriptors or memory left): when to try again.
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// How long accepting pauses after a failure that is not one connection's.
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl MilterListener {
     fn new(socket: Socket, tcp: bool) -> io::Result<Self> {
@@ -34,8 +41,21 @@ impl MilterListener {
         Ok(Self {
             fd: register(socket, Interest::READABLE)?,
             tcp,
+            pause: None,
         })
     }
+}
+
+/// A failed accept that concerns only the connection being accepted (the
+/// client went away before it was accepted).
+fn one_connections_failure(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    ) || e.raw_os_error() == Some(libc::EPROTO)
 }
 
 /// Register a socket with the runtime's reactor for `interest`.
@@ -49,8 +69,18 @@ fn register(socket: Socket, interest: Interest) -> io::Result<AsyncFd<Socket>> {
 impl indymilter::Listener for MilterListener {
     type Io = MilterStream;
 
+    /// A failed accept never stops the milter (indymilter ends its run on
+    /// the first error a listener returns): a failure of the one connection
+    /// is skipped, any other (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) is
+    /// logged and accepting pauses for [`ACCEPT_PAUSE`], while the sessions
+    /// already open go on and free what they hold. Waiting connections stay
+    /// in the kernel's queue meanwhile.
     fn poll_accept(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<MilterStream>> {
         loop {
+            if let Some(pause) = self.pause.as_mut() {
+                ready!(pause.as_mut().poll(cx));
+                self.pause = None;
+            }
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
             let accepted = guard.try_io(|listener| {
                 listener
@@ -64,12 +94,27 @@ impl indymilter::Listener for MilterListener {
                     {
                         warn!(error = %e, "cannot set TCP_NODELAY on a milter connection");
                     }
-                    return Poll::Ready(MilterStream::new(socket, self.tcp));
+                    match MilterStream::new(socket, self.tcp) {
+                        Ok(stream) => return Poll::Ready(Ok(stream)),
+                        Err(e) => self.failed(&e),
+                    }
                 }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Ok(Err(e)) if one_connections_failure(&e) => {}
+                Ok(Err(e)) => self.failed(&e),
                 Err(_would_block) => {}
             }
         }
+    }
+}
+
+impl MilterListener {
+    fn failed(&mut self, e: &io::Error) {
+        tracing::error!(
+            error = %e,
+            pause_ms = ACCEPT_PAUSE.as_millis() as u64,
+            "cannot accept a milter connection; accepting again after a pause"
+        );
+        self.pause = Some(Box::pin(tokio::time::sleep(ACCEPT_PAUSE)));
     }
 }
 
