@@ -212,17 +212,16 @@ impl MilterStream {
     }
 
     fn fd(&self) -> io::Result<&AsyncFd<Socket>> {
-        self.fd
-            .as_ref()
-            .ok_or_else(|| io::Error::other("milter connection lost its registration"))
+        self.fd.as_ref().ok_or_else(lost_registration)
     }
 
     /// Register for write readiness as well (after a refused write).
     fn want_writable(&mut self) -> io::Result<()> {
-        let socket = match self.fd.take() {
-            Some(fd) => fd.into_inner(),
-            None => return Err(io::Error::other("milter connection lost its registration")),
-        };
+        let socket = self
+            .fd
+            .take()
+            .map(AsyncFd::into_inner)
+            .ok_or_else(lost_registration)?;
         self.fd = Some(register(socket, Interest::READABLE | Interest::WRITABLE)?);
         self.writable_interest = true;
         Ok(())
@@ -257,6 +256,12 @@ impl MilterStream {
         self.out.clear();
         Poll::Ready(Ok(()))
     }
+}
+
+/// A connection whose re-registration for write readiness failed: it was
+/// closed then, and every later call says so.
+fn lost_registration() -> io::Error {
+    io::Error::other("milter connection lost its registration")
 }
 
 fn send(socket: &Socket, bytes: &[u8]) -> io::Result<usize> {

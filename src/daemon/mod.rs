@@ -294,23 +294,18 @@ pub(crate) fn release_freed_memory() {
 /// the sessions' own heap, malloc took 14 % of the CPU per message instead
 /// of 3 %, and a message cost up to 50 % more CPU after a few reloads.
 pub fn load_apart(config_ref: &ConfigRef) -> Result<Runtime, ConfigError> {
+    let failed = |message: String| ConfigError::Invalid {
+        file: "rmilter".to_string(),
+        key: "load".to_string(),
+        message,
+    };
     let from = config_ref.clone();
     let loaded = std::thread::Builder::new()
         .name("rmilter-load".to_string())
         .spawn(move || from.load())
-        .map_err(|e| ConfigError::Invalid {
-            file: "rmilter".to_string(),
-            key: "load".to_string(),
-            message: format!("cannot start the loading thread: {e}"),
-        })?
+        .map_err(|e| failed(format!("cannot start the loading thread: {e}")))?
         .join()
-        .unwrap_or_else(|_| {
-            Err(ConfigError::Invalid {
-                file: "rmilter".to_string(),
-                key: "load".to_string(),
-                message: "the loading thread failed".to_string(),
-            })
-        });
+        .unwrap_or_else(|_| Err(failed("the loading thread failed".to_string())));
     release_freed_memory();
     loaded
 }

@@ -510,6 +510,18 @@ fn postfix_milter_found_by_default_file_socket() {
     );
 }
 
+/// An opendkim.conf in `dir` that signs example.com with the one key `key`.
+fn single_key_conf(dir: &Path, key: &Path) -> PathBuf {
+    write(
+        dir,
+        "opendkim.conf",
+        &format!(
+            "Domain example.com\nSelector mail\nKeyFile {}\n",
+            key.display()
+        ),
+    )
+}
+
 /// A world-readable key owned by someone else gets the exact commands that make rmilter's
 /// key-file checks accept it.
 #[test]
@@ -519,15 +531,7 @@ fn unsafe_key_file_gets_fix_commands() {
     let d = dir.path();
     let key = write(d, "keys/mail.private", "not read");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let conf = write(
-        d,
-        "opendkim.conf",
-        &format!(
-            "Domain example.com\nSelector mail\nKeyFile {}\n",
-            key.display()
-        ),
-    );
-    let m = run(Some(conf), None).unwrap();
+    let m = run(Some(single_key_conf(d, &key)), None).unwrap();
     let k = key.display();
     assert!(
         m.key_fixes.contains(&format!("chown root:rmilter {k}")),
@@ -553,15 +557,7 @@ fn world_writable_key_directory_gets_a_fix() {
     let key = write(d, "keys/mail.private", "not read");
     let keys = key.parent().unwrap();
     std::fs::set_permissions(keys, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let conf = write(
-        d,
-        "opendkim.conf",
-        &format!(
-            "Domain example.com\nSelector mail\nKeyFile {}\n",
-            key.display()
-        ),
-    );
-    let m = run(Some(conf), None).unwrap();
+    let m = run(Some(single_key_conf(d, &key)), None).unwrap();
     assert!(
         m.key_fixes
             .contains(&format!("chmod go-w {}", keys.display())),
