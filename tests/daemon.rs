@@ -187,7 +187,7 @@ async fn mail_is_signed_while_a_reload_is_reading() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_the_message_in_progress() {
-    use indymilter::MacroStage;
+    use indymilter::{MacroStage, ProtoOpts};
     use indymilter_test::Status;
     let dir = tempfile::tempdir().unwrap();
     let key = rmilter::keys::generate(
@@ -208,12 +208,24 @@ async fn sigterm_finishes_the_message_in_progress() {
     daemon.wait_log("rmilter started", 1);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let env = Envelope::authenticated("alice");
-    let mut conn = drive::open(addr).await;
+    // The MTA side offers every option but "no reply at MAIL": the answer
+    // to MAIL then shows that rmilter has begun the message before the
+    // signal is sent (with no replies at all, nothing orders the two).
+    let mut conn = indymilter_test::TestConnection::configure()
+        .exact_leading_space(true)
+        .read_timeout(std::time::Duration::from_secs(20))
+        .available_opts(ProtoOpts::all() - ProtoOpts::NOREPLY_MAIL)
+        .open_tcp(addr)
+        .await
+        .expect("connect to milter");
     drive::connect(&mut conn, &env).await;
     conn.macros(MacroStage::Mail, [("{auth_authen}", "alice")])
         .await
         .unwrap();
-    conn.mail(["<alice@example.com>"]).await.unwrap();
+    assert_eq!(
+        conn.mail(["<alice@example.com>"]).await.unwrap(),
+        Status::Continue
+    );
     conn.header("From", " alice@example.com").await.unwrap();
     conn.header("Subject", " in flight").await.unwrap();
     assert_eq!(conn.eoh().await.unwrap(), Status::Noreply);
