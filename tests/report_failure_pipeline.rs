@@ -337,7 +337,7 @@ fn the_global_cap_holds() {
         &dns,
         &store,
         &sendmail,
-        "per_source = 10\nper_destination_per_day = 10\nmax_per_day = 3",
+        "per_source = 10\nper_destination_per_day = 2\nmax_per_day = 3",
         "",
     );
     let cfg_path = dir.path().join("rmilter.toml");
@@ -360,6 +360,19 @@ fn the_global_cap_holds() {
         "{}",
         out_text(&out)
     );
+    // A report the global cap stopped does not count against its
+    // destination: one destination got one report of its two, and gets
+    // the next once the cap is raised.
+    let text = text.replace("max_per_day = 3", "max_per_day = 10");
+    std::fs::write(&cfg_path, &text).unwrap();
+    queue_with_writer(&config(&text), vec![capture("192.0.2.4")]);
+    let out = failures_cmd(&cfg_path, &[]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    let got = recipients(&mail);
+    assert_eq!(got.len(), 4, "{}", out_text(&out));
+    for address in ["ok@reports.example", "ruf@spoofed.example"] {
+        assert_eq!(got.iter().filter(|r| *r == address).count(), 2, "{got:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -553,13 +566,15 @@ fn limits_and_claims_are_shared_by_hosts_on_postgres() {
 }
 
 /// A failing MTA: the report stays queued, is retried after the backoff,
-/// and the run exits 1.
+/// and the run exits 1. The failed attempts use up none of the day's
+/// limits (one report per destination here).
 #[test]
 fn a_failing_mta_is_retried_after_the_backoff() {
     let dir = tempfile::tempdir().unwrap();
     let dns = TestDns::start(zone());
     let store = dir.path().join("reports.db").display().to_string();
-    let broken = config_text(&dns, &store, &["/bin/false".to_string()], "", "");
+    let limits = "per_destination_per_day = 1\nmax_per_day = 2";
+    let broken = config_text(&dns, &store, &["/bin/false".to_string()], limits, "");
     let cfg_path = dir.path().join("rmilter.toml");
     std::fs::write(&cfg_path, &broken).unwrap();
     queue_with_writer(&config(&broken), vec![capture("192.0.2.1")]);
@@ -580,7 +595,7 @@ fn a_failing_mta_is_retried_after_the_backoff() {
     );
     // The MTA works again: sent after the backoff, to both usable addresses.
     let (sendmail, mail) = fake_sendmail(dir.path());
-    std::fs::write(&cfg_path, config_text(&dns, &store, &sendmail, "", "")).unwrap();
+    std::fs::write(&cfg_path, config_text(&dns, &store, &sendmail, limits, "")).unwrap();
     let out = failures_cmd(&cfg_path, &["--now", &(now + 301).to_string()]);
     assert!(out.status.success(), "{}", out_text(&out));
     assert_eq!(

@@ -569,6 +569,7 @@ fn deliver(
         )));
     }
     if !store.take_limit(LIMIT_GLOBAL, "", day, f.max_per_day)? {
+        store.release_limit(LIMIT_DESTINATION, address, day)?;
         return Ok(Outcome::Limited(format!(
             "report.failure.max_per_day ({}) reached today",
             f.max_per_day
@@ -579,7 +580,13 @@ fn deliver(
             info!(domain = %queued.reported_domain, source_ip = %queued.source_ip, destination = %address, "DMARC failure report handed to the MTA");
             Ok(Outcome::Sent)
         }
-        Err(e) => Ok(Outcome::Failed(e)),
+        Err(e) => {
+            // Not sent: the report is retried, and the day's counts are
+            // for reports that left.
+            store.release_limit(LIMIT_DESTINATION, address, day)?;
+            store.release_limit(LIMIT_GLOBAL, "", day)?;
+            Ok(Outcome::Failed(e))
+        }
     }
 }
 

@@ -782,6 +782,18 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Give back one use taken with [`Store::take_limit`] for a report that
+    /// did not leave (the MTA refused it, or another limit stopped it), so
+    /// an MTA outage does not use up the day's limits.
+    pub fn release_limit(&mut self, kind: &str, key: &str, window: i64) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE failure_limits SET count = count - 1
+             WHERE kind = ?1 AND key = ?2 AND window_begin = ?3 AND count > 0",
+            &[kind.into(), key.into(), window.into()],
+        )?;
+        Ok(())
+    }
+
     /// The count of (`kind`, `key`) in the window beginning at `window`.
     pub fn limit_count(&mut self, kind: &str, key: &str, window: i64) -> Result<i64, StoreError> {
         let rows = self.query(
