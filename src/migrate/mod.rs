@@ -289,6 +289,21 @@ pub fn migrate(inputs: &Inputs) -> Result<Migration, MigrateError> {
     postfix::plan(dkim.as_ref(), dmarc.as_ref(), postfix.as_ref(), &mut cx);
     opendkim::check_key_files(&mut cx);
     let config = emit::render(&cx.plan, &cx.sources);
+    // What migrate writes must load: a value carried over from the old
+    // files that rmilter's own checks refuse is named now, not at rmilter's
+    // first start (only the first such error is known).
+    let translated = crate::config::Source::File(PathBuf::from("translated rmilter.toml"));
+    if let Err(e) =
+        crate::config::from_text(translated, &config, &crate::config::Overrides::default())
+    {
+        cx.add(
+            None,
+            "rmilter.toml",
+            String::new(),
+            Status::Differs,
+            format!("does not load yet ({e}): rmilter refuses to start until the option it came from is fixed"),
+        );
+    }
     Ok(Migration {
         config,
         findings: cx.findings,

@@ -565,3 +565,36 @@ fn world_writable_key_directory_gets_a_fix() {
         m.key_fixes
     );
 }
+
+/// A value carried over that rmilter's configuration refuses is reported
+/// (and makes the migration exit 1), not left for rmilter's first start.
+#[test]
+fn a_translation_that_does_not_load_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write(
+        dir.path(),
+        "opendkim.conf",
+        "Mode sv\nDomain example.com\nSelector \"sel 1\"\nKeyFile /nonexistent/k.private\n",
+    );
+    let m = run(Some(conf), None).unwrap();
+    let finding = m
+        .findings
+        .iter()
+        .find(|f| f.option == "rmilter.toml")
+        .expect("the load failure is a finding");
+    assert_eq!(finding.status, Status::Differs);
+    assert!(finding.text.contains("selector"), "{}", finding.text);
+    assert_eq!(m.exit_code(), 1);
+    // A selector rmilter accepts: no such finding.
+    let conf = write(
+        dir.path(),
+        "opendkim.conf",
+        "Mode sv\nDomain example.com\nSelector sel1\nKeyFile /nonexistent/k.private\n",
+    );
+    let m = run(Some(conf), None).unwrap();
+    assert!(
+        !m.findings.iter().any(|f| f.option == "rmilter.toml"),
+        "{:?}",
+        m.findings
+    );
+}
