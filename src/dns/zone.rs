@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 /// TTL of records without one (and without `$TTL`).
 const DEFAULT_TTL: u32 = 60;
 /// Negative-caching time of NXDOMAIN and NODATA answers.
-const NEGATIVE_TTL: u32 = 1;
+pub const NEGATIVE_TTL: u32 = 1;
 const MAX_UDP_PAYLOAD: usize = 4096;
 const MAX_CNAME_CHAIN: usize = 16;
 
@@ -48,9 +48,16 @@ pub struct Zone {
     records: BTreeMap<String, Vec<(u32, RData)>>,
 }
 
+impl Default for Zone {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Zone {
-    /// Read a zone file.
-    pub fn parse(text: &str) -> Result<Zone, ZoneError> {
+    /// A zone holding only the root SOA (whose minimum, [`NEGATIVE_TTL`],
+    /// is the negative-caching time of its NXDOMAIN and NODATA answers).
+    pub fn new() -> Zone {
         let soa = SOA::new(
             name_or_root("ns.invalid").unwrap_or_else(Name::root),
             name_or_root("hostmaster.invalid").unwrap_or_else(Name::root),
@@ -60,11 +67,23 @@ impl Zone {
             86400,
             NEGATIVE_TTL,
         );
-        let mut zone = Zone {
-            records: BTreeMap::new(),
-        };
-        zone.records
-            .insert(String::new(), vec![(NEGATIVE_TTL, RData::SOA(soa))]);
+        let mut records = BTreeMap::new();
+        records.insert(String::new(), vec![(NEGATIVE_TTL, RData::SOA(soa))]);
+        Zone { records }
+    }
+
+    /// Add a record at `owner` (its labels are matched case-insensitively,
+    /// as raw octets).
+    pub fn insert(&mut self, owner: &Name, ttl: u32, data: RData) {
+        self.records
+            .entry(label_key(owner))
+            .or_default()
+            .push((ttl, data));
+    }
+
+    /// Read a zone file.
+    pub fn parse(text: &str) -> Result<Zone, ZoneError> {
+        let mut zone = Zone::new();
         let mut origin: Option<String> = None;
         let mut default_ttl = DEFAULT_TTL;
         for (line_no, entry) in entries(text)? {
@@ -230,6 +249,19 @@ impl Zone {
         }
     }
 
+    /// Answer `qname`/`qtype` from the data into `response`: authoritative,
+    /// the records (following CNAMEs inside the zone), and for NXDOMAIN or
+    /// NODATA the root SOA in the authority section.
+    pub fn answer(&self, response: &mut Message, qname: &Name, qtype: RecordType) {
+        response.metadata.authoritative = true;
+        let (answers, code, negative) = self.resolve(qname, qtype);
+        response.metadata.response_code = code;
+        response.add_answers(answers);
+        if negative && let Some(soa) = self.soa() {
+            response.add_authority(soa);
+        }
+    }
+
     fn soa(&self) -> Option<Record> {
         self.records.get("").and_then(|r| {
             r.iter()
@@ -329,19 +361,42 @@ async fn serve_connection(mut stream: TcpStream, zone: Arc<Zone>) {
 
 /// The encoded answer to one query packet; `None`: send nothing.
 fn answer(zone: &Zone, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
-    let request = match Message::from_vec(packet) {
+    let request = match decode(packet) {
         Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    let mut response = match prepare(&request) {
+        Ok(response) => response,
+        Err(done) => return encode(&done, &request, udp),
+    };
+    if let [query] = request.queries.as_slice() {
+        zone.answer(&mut response, query.name(), query.query_type());
+    }
+    encode(&response, &request, udp)
+}
+
+/// A received packet as a query. `Err`: what to send instead (a FORMERR
+/// for a packet that is not a DNS message but has an ID; nothing for a
+/// response or a packet too short to answer).
+pub fn decode(packet: &[u8]) -> Result<Message, Option<Vec<u8>>> {
+    match Message::from_vec(packet) {
+        Ok(request) if request.message_type == MessageType::Query => Ok(request),
+        Ok(_) => Err(None),
         Err(_) if packet.len() >= 2 => {
             let id = u16::from_be_bytes([packet[0], packet[1]]);
-            return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
+            Err(Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
                 .to_vec()
-                .ok();
+                .ok())
         }
-        Err(_) => return None,
-    };
-    if request.message_type != MessageType::Query {
-        return None;
+        Err(_) => Err(None),
     }
+}
+
+/// The response to `request` with its header, question and EDNS set, ready
+/// for [`Zone::answer`]. `Err`: the finished response to a request the
+/// server does not answer from its data (EDNS version above 0: BADVERS; an
+/// opcode other than QUERY: NOTIMP; not exactly one question: FORMERR).
+pub fn prepare(request: &Message) -> Result<Message, Box<Message>> {
     let mut response = Message::response(request.id, request.op_code);
     response.metadata.recursion_desired = request.recursion_desired;
     response.add_queries(request.queries.iter().cloned());
@@ -351,25 +406,30 @@ fn answer(zone: &Zone, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
         response.set_edns(ours);
         if edns.version() > 0 {
             response.metadata.response_code = ResponseCode::BADVERS;
-            return response.to_vec().ok();
+            return Err(Box::new(response));
         }
     }
     if request.op_code != OpCode::Query {
         response.metadata.response_code = ResponseCode::NotImp;
-        return response.to_vec().ok();
+        return Err(Box::new(response));
     }
-    let [query] = request.queries.as_slice() else {
+    if request.queries.len() != 1 {
         response.metadata.response_code = ResponseCode::FormErr;
-        return response.to_vec().ok();
-    };
-    response.metadata.authoritative = true;
-    let (answers, code, negative) = zone.resolve(query.name(), query.query_type());
-    response.metadata.response_code = code;
-    response.add_answers(answers);
-    if negative && let Some(soa) = zone.soa() {
-        response.add_authority(soa);
+        return Err(Box::new(response));
     }
-    let bytes = response.to_vec().ok()?;
+    Ok(response)
+}
+
+/// The bytes of `response`; over UDP an answer larger than the client
+/// accepts (its EDNS size, 512 without EDNS, at most 4096) goes out empty
+/// with TC=1, so the client asks again over TCP. A response that cannot be
+/// encoded becomes a SERVFAIL.
+pub fn encode(response: &Message, request: &Message, udp: bool) -> Option<Vec<u8>> {
+    let Ok(bytes) = response.to_vec() else {
+        return Message::error_msg(request.id, request.op_code, ResponseCode::ServFail)
+            .to_vec()
+            .ok();
+    };
     let limit = usize::from(request.max_payload()).min(MAX_UDP_PAYLOAD);
     if udp && bytes.len() > limit {
         return response.truncate().to_vec().ok();
@@ -528,7 +588,9 @@ fn key(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-fn label_key(name: &Name) -> String {
+/// The lookup key of a name: its raw labels, lower-cased, joined with dots
+/// (not `to_ascii`, which escapes octets such as `:` and `/`); "" for the root.
+pub fn label_key(name: &Name) -> String {
     name.iter()
         .map(|label| String::from_utf8_lossy(label).to_ascii_lowercase())
         .collect::<Vec<_>>()

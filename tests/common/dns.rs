@@ -8,15 +8,14 @@
 //! the server runs. The server runs on its own thread and tokio runtime, so synchronous and async
 //! tests can both use it.
 //!
-//! It is written directly on tokio sockets with hickory-proto's message encoding (the copy that
-//! mail-auth's resolver uses, through `mail_auth::hickory_resolver::proto`), not on
-//! hickory-server's catalog: faults such as "never answer", "close the TCP connection" or
-//! "TC=1 on UDP only" live below a request handler, and exact NXDOMAIN/NODATA answers for a
-//! zone replaced at run time are a few lines here.
+//! The answers themselves come from [`rmilter::dns::zone`], the server behind
+//! `rmilter explain --dns` (decoding, EDNS, NXDOMAIN/NODATA, CNAME chains, TC=1), so the tests
+//! exercise the same DNS code users run. This file adds what tests need around it: faults
+//! below the request handler ("never answer", "close the TCP connection", "TC=1 on UDP
+//! only", delays), the query log, a zone replaced at run time, and a thread of its own.
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -26,9 +25,10 @@ use mail_auth::MessageAuthenticator;
 use mail_auth::hickory_resolver::config::{
     NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
-use mail_auth::hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
-use mail_auth::hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, SOA, TXT};
+use mail_auth::hickory_resolver::proto::op::ResponseCode;
+use mail_auth::hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, TXT};
 use mail_auth::hickory_resolver::proto::rr::{Name, RData, Record};
+use rmilter::dns::zone::{self as served, label_key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -40,13 +40,10 @@ pub use mail_auth::hickory_resolver::proto::rr::RecordType as RType;
 pub const DEFAULT_TTL: u32 = 60;
 /// TTL and minimum of the root SOA, hence the negative-caching time of NXDOMAIN and NODATA
 /// answers: short, so that a record published later by a test is seen at once.
-pub const NEGATIVE_TTL: u32 = 1;
+#[allow(unused_imports)]
+pub use rmilter::dns::zone::NEGATIVE_TTL;
 /// Total length of the padding TXT record that [`Fault::Oversized`] adds.
 pub const OVERSIZED_TXT_LEN: usize = 9000;
-/// Largest UDP answer the server sends, whatever the client's EDNS size says.
-const MAX_UDP_PAYLOAD: usize = 4096;
-/// How many CNAMEs one answer follows inside the zone.
-const MAX_CNAME_CHAIN: usize = 16;
 
 /// How a query reached the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -77,12 +74,13 @@ pub enum Fault {
 }
 
 /// The records the server answers from. Names are case-insensitive and may be written with or
-/// without the trailing dot; a missing name is NXDOMAIN. The root SOA is always there.
+/// without the trailing dot; a missing name is NXDOMAIN. The root SOA is always there. The
+/// server answers from it with the code of `rmilter explain --dns` ([`rmilter::dns::zone`]):
+/// NXDOMAIN or NODATA with the root SOA, CNAMEs followed inside the data, TC=1 over UDP.
 #[derive(Clone, Debug)]
 pub struct Zone {
-    /// Lower-case names without the trailing dot ("" is the root), each with its records in
-    /// insertion order.
-    records: BTreeMap<String, Vec<RData>>,
+    /// Owner and data, in insertion order.
+    records: Vec<(Name, RData)>,
     ttl: u32,
 }
 
@@ -95,19 +93,8 @@ impl Default for Zone {
 impl Zone {
     /// A zone with nothing but the root SOA.
     pub fn new() -> Zone {
-        let soa = SOA::new(
-            name("ns.test"),
-            name("hostmaster.test"),
-            1,
-            3600,
-            600,
-            86400,
-            NEGATIVE_TTL,
-        );
-        let mut records = BTreeMap::new();
-        records.insert(String::new(), vec![RData::SOA(soa)]);
         Zone {
-            records,
+            records: Vec::new(),
             ttl: DEFAULT_TTL,
         }
     }
@@ -208,99 +195,17 @@ impl Zone {
     }
 
     fn add(mut self, owner: &str, data: RData) -> Zone {
-        self.records.entry(key(owner)).or_default().push(data);
+        self.records.push((name(owner), data));
         self
     }
 
-    /// True when no name holds records but some name below `key` does (RFC 8020: such a name
-    /// exists, so it gets NODATA, not NXDOMAIN).
-    fn is_empty_non_terminal(&self, key: &str) -> bool {
-        let suffix = format!(".{key}");
-        self.records.keys().any(|k| k.ends_with(&suffix))
-    }
-
-    /// The answer records for `qname`/`qtype`, following CNAMEs inside the zone.
-    fn resolve(&self, qname: &Name, qtype: RType) -> Resolved {
-        let mut answers = Vec::new();
-        let mut owner = qname.clone();
-        let mut seen = HashSet::new();
-        loop {
-            let owner_key = label_key(&owner);
-            if !seen.insert(owner_key.clone()) || seen.len() > MAX_CNAME_CHAIN {
-                // A CNAME loop or a long chain: answer the chain followed so far.
-                return Resolved::found(answers);
-            }
-            let Some(rdatas) = self.records.get(&owner_key) else {
-                if self.is_empty_non_terminal(&owner_key) {
-                    return Resolved::negative(answers, ResponseCode::NoError);
-                }
-                return Resolved::negative(answers, ResponseCode::NXDomain);
-            };
-            let matching: Vec<&RData> = rdatas
-                .iter()
-                .filter(|r| qtype == RType::ANY || r.record_type() == qtype)
-                .collect();
-            if !matching.is_empty() {
-                for data in matching {
-                    answers.push(self.record(&owner, data));
-                }
-                return Resolved::found(answers);
-            }
-            let cname = rdatas.iter().find_map(|r| match r {
-                RData::CNAME(CNAME(target)) => Some(target.clone()),
-                _ => None,
-            });
-            match cname {
-                Some(target) => {
-                    answers.push(self.record(&owner, &RData::CNAME(CNAME(target.clone()))));
-                    owner = target;
-                }
-                None => return Resolved::negative(answers, ResponseCode::NoError),
-            }
+    /// The data as the server holds it: every record with this zone's TTL.
+    fn served(&self) -> served::Zone {
+        let mut zone = served::Zone::new();
+        for (owner, data) in &self.records {
+            zone.insert(owner, self.ttl, data.clone());
         }
-    }
-
-    fn record(&self, owner: &Name, data: &RData) -> Record {
-        let ttl = if data.record_type() == RType::SOA {
-            NEGATIVE_TTL
-        } else {
-            self.ttl
-        };
-        Record::from_rdata(owner.clone(), ttl, data.clone())
-    }
-
-    fn soa(&self) -> Record {
-        let soa = self.records[""]
-            .iter()
-            .find(|r| r.record_type() == RType::SOA)
-            .expect("the root SOA");
-        Record::from_rdata(Name::root(), NEGATIVE_TTL, soa.clone())
-    }
-}
-
-/// What the zone says about one query.
-struct Resolved {
-    answers: Vec<Record>,
-    code: ResponseCode,
-    /// NXDOMAIN or NODATA at the end of the chain: the SOA goes into the authority section.
-    negative: bool,
-}
-
-impl Resolved {
-    fn found(answers: Vec<Record>) -> Resolved {
-        Resolved {
-            answers,
-            code: ResponseCode::NoError,
-            negative: false,
-        }
-    }
-
-    fn negative(answers: Vec<Record>, code: ResponseCode) -> Resolved {
-        Resolved {
-            answers,
-            code,
-            negative: true,
-        }
+        zone
     }
 }
 
@@ -327,7 +232,8 @@ impl FaultRule {
 
 /// State shared by the test and the server thread. No lock is held across an await.
 struct Shared {
-    zone: RwLock<Zone>,
+    /// The data served, and the TTL of the records the faults make up.
+    zone: RwLock<(served::Zone, u32)>,
     faults: Mutex<Vec<FaultRule>>,
     log: Mutex<Vec<(String, RType, Transport)>>,
 }
@@ -366,7 +272,7 @@ impl TestDns {
         udp.set_nonblocking(true).expect("non-blocking UDP");
         tcp.set_nonblocking(true).expect("non-blocking TCP");
         let shared = Arc::new(Shared {
-            zone: RwLock::new(zone),
+            zone: RwLock::new((zone.served(), zone.ttl)),
             faults: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
         });
@@ -405,7 +311,7 @@ impl TestDns {
 
     /// Replaces the zone; the next query sees the new data.
     pub fn set_zone(&self, zone: Zone) {
-        *self.shared.zone.write().unwrap() = zone;
+        *self.shared.zone.write().unwrap() = (zone.served(), zone.ttl);
     }
 
     /// Injects `fault` for `name_or_suffix` and every name below it ("" or "." for every name),
@@ -578,46 +484,23 @@ async fn write_frame(writer: &tokio::sync::Mutex<OwnedWriteHalf>, bytes: &[u8]) 
 
 /// Decodes one query, logs it, applies the fault or the zone, and encodes the answer.
 fn handle(shared: &Shared, packet: &[u8], transport: Transport) -> Reply {
-    let request = match Message::from_vec(packet) {
+    let udp = transport == Transport::Udp;
+    let request = match served::decode(packet) {
         Ok(request) => request,
-        Err(_) if packet.len() >= 2 => {
-            let id = u16::from_be_bytes([packet[0], packet[1]]);
-            return send(&Message::error_msg(
-                id,
-                OpCode::Query,
-                ResponseCode::FormErr,
-            ));
-        }
-        Err(_) => return Reply::Silent,
+        Err(reply) => return send(reply, None),
     };
-    if request.message_type != MessageType::Query {
-        return Reply::Silent;
-    }
     // Every question is logged, whatever the answer.
     if let [query] = request.queries.as_slice() {
         let qkey = label_key(query.name());
         let mut log = shared.log.lock().unwrap();
         log.push((qkey, query.query_type(), transport));
     }
-    let mut response = Message::response(request.id, request.op_code);
-    response.metadata.recursion_desired = request.recursion_desired;
-    response.add_queries(request.queries.iter().cloned());
-    if let Some(edns) = &request.edns {
-        let mut ours = Edns::new();
-        ours.set_max_payload(MAX_UDP_PAYLOAD as u16);
-        response.set_edns(ours);
-        if edns.version() > 0 {
-            response.metadata.response_code = ResponseCode::BADVERS;
-            return send(&response);
-        }
-    }
-    if request.op_code != OpCode::Query {
-        response.metadata.response_code = ResponseCode::NotImp;
-        return send(&response);
-    }
-    let [query] = request.queries.as_slice() else {
-        response.metadata.response_code = ResponseCode::FormErr;
-        return send(&response);
+    let mut response = match served::prepare(&request) {
+        Ok(response) => response,
+        Err(done) => return send(served::encode(&done, &request, udp), None),
+    };
+    let Some(query) = request.queries.first() else {
+        return Reply::Silent;
     };
     let qname = query.name().clone();
     let qtype = query.query_type();
@@ -637,20 +520,20 @@ fn handle(shared: &Shared, packet: &[u8], transport: Transport) -> Reply {
         Some(Fault::Timeout) => return Reply::Silent,
         Some(Fault::ServFail) => {
             response.metadata.response_code = ResponseCode::ServFail;
-            return send(&response);
+            return send(served::encode(&response, &request, udp), None);
         }
         Some(Fault::Refused) => {
             response.metadata.response_code = ResponseCode::Refused;
-            return send(&response);
+            return send(served::encode(&response, &request, udp), None);
         }
         Some(Fault::Truncated) if transport == Transport::Tcp => return Reply::Close,
         Some(Fault::Truncated) => {
             response.metadata.authoritative = true;
             response.metadata.truncation = true;
-            return send(&response);
+            return send(served::encode(&response, &request, udp), None);
         }
         Some(Fault::CnameLoop) => {
-            let ttl = shared.zone.read().unwrap().ttl;
+            let ttl = shared.zone.read().unwrap().1;
             let other = Name::from_ascii(format!("loop.{}", qname.to_ascii()))
                 .unwrap_or_else(|_| qname.clone());
             response.metadata.authoritative = true;
@@ -660,22 +543,16 @@ fn handle(shared: &Shared, packet: &[u8], transport: Transport) -> Reply {
                 RData::CNAME(CNAME(other.clone())),
             ));
             response.add_answer(Record::from_rdata(other, ttl, RData::CNAME(CNAME(qname))));
-            return finish(response, &request, transport, None);
+            return send(served::encode(&response, &request, udp), None);
         }
         Some(Fault::Delay(d)) => delay = Some(d),
         Some(Fault::Oversized) | None => {}
     }
 
-    response.metadata.authoritative = true;
     let zone = shared.zone.read().unwrap();
-    let resolved = zone.resolve(&qname, qtype);
-    response.metadata.response_code = resolved.code;
-    response.add_answers(resolved.answers);
-    if resolved.negative {
-        response.add_authority(zone.soa());
-    }
+    zone.0.answer(&mut response, &qname, qtype);
     if fault == Some(Fault::Oversized) {
-        let record = oversized_record(qname, zone.ttl);
+        let record = oversized_record(qname, zone.1);
         if qtype == RType::TXT {
             response.metadata.response_code = ResponseCode::NoError;
             response.authorities.clear();
@@ -685,7 +562,7 @@ fn handle(shared: &Shared, packet: &[u8], transport: Transport) -> Reply {
         }
     }
     drop(zone);
-    finish(response, &request, transport, delay)
+    send(served::encode(&response, &request, udp), delay)
 }
 
 /// The padding of [`Fault::Oversized`]: one TXT record of [`OVERSIZED_TXT_LEN`] bytes of `x`,
@@ -696,48 +573,17 @@ fn oversized_record(owner: Name, ttl: u32) -> Record {
     Record::from_rdata(owner, ttl, RData::TXT(TXT::from_bytes(strings)))
 }
 
-/// Encodes `response`; over UDP an answer larger than the client accepts becomes an empty one
-/// with TC=1.
-fn finish(
-    response: Message,
-    request: &Message,
-    transport: Transport,
-    delay: Option<Duration>,
-) -> Reply {
-    let Ok(bytes) = response.to_vec() else {
-        let failed = Message::error_msg(request.id, request.op_code, ResponseCode::ServFail);
-        return send(&failed);
-    };
-    let limit = usize::from(request.max_payload()).min(MAX_UDP_PAYLOAD);
-    if transport == Transport::Udp && bytes.len() > limit {
-        let truncated = response.truncate();
-        return match truncated.to_vec() {
-            Ok(bytes) => Reply::Send { delay, bytes },
-            Err(_) => Reply::Silent,
-        };
-    }
-    Reply::Send { delay, bytes }
-}
-
-fn send(response: &Message) -> Reply {
-    match response.to_vec() {
-        Ok(bytes) => Reply::Send { delay: None, bytes },
-        Err(_) => Reply::Silent,
+/// Send these bytes (after `delay`), or nothing.
+fn send(bytes: Option<Vec<u8>>, delay: Option<Duration>) -> Reply {
+    match bytes {
+        Some(bytes) => Reply::Send { delay, bytes },
+        None => Reply::Silent,
     }
 }
 
 /// The zone's key for a name: lower case, no trailing dot ("" for the root).
 fn key(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
-}
-
-/// The lookup key of a queried name: its raw labels, lower-cased, joined
-/// with dots (not `to_ascii`, which escapes octets such as `:` and `/`).
-fn label_key(name: &Name) -> String {
-    name.iter()
-        .map(|label| String::from_utf8_lossy(label).to_ascii_lowercase())
-        .collect::<Vec<_>>()
-        .join(".")
 }
 
 /// A fully qualified name from test data.
