@@ -5,13 +5,12 @@
 //! Every counter on the mail path is a relaxed atomic add: no lock, no
 //! allocation. Counters with a fixed set of label values are arrays indexed
 //! by those values; the per-key signature counters are handed to each
-//! loaded [`Runtime`] when it is swapped in (the registry's lock is taken
+//! loaded runtime's [`KeyCounters`] when it is swapped in (the registry's lock is taken
 //! then and at scrape time, never per message), so a reload keeps counting
 //! where it was.
 
 pub mod http;
 
-use crate::runtime::Runtime;
 use crate::verify::Verdict;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -251,14 +250,14 @@ impl Metrics {
         }
     }
 
-    /// Give `runtime` the registry's counter for each of its keys, so that
-    /// counting continues across reloads.
-    pub fn adopt(&self, runtime: &mut Runtime) {
+    /// Give a runtime's key counters the registry's counter for each of
+    /// its keys, so that counting continues across reloads.
+    pub fn adopt(&self, counters: &mut KeyCounters) {
         let mut keys = match self.keys.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        for counter in &mut runtime.key_counters.0 {
+        for counter in &mut counters.0 {
             let entry = keys
                 .entry((counter.domain.clone(), counter.selector.clone()))
                 .or_insert_with(|| counter.clone());
