@@ -4,7 +4,8 @@
 //! peer input.
 
 use super::MilterState;
-use super::session::{EomPlan, NoReply, Reply, Session};
+use super::reply::{EomPlan, Reply};
+use super::session::{NoReply, Session};
 use indymilter::{
     ActionError, Actions, Callbacks, Context, ContextActions, EomActions, EomContext, MacroStage,
     NegotiateContext, ProtoOpts, SetErrorReply, SmtpReply, SocketInfo, Status,

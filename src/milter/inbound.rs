@@ -6,7 +6,8 @@
 //! the one evaluation: `rmilter explain` calls it too.
 
 use super::MilterState;
-use super::session::{Client, EomPlan, Message, Reply, internal_error};
+use super::message::{Client, Message, client_text};
+use super::reply::{EomPlan, Reply, internal_error};
 use crate::config::{Action, Config};
 use crate::identity::{Author, Refusal};
 use crate::report::failure::{self, DeliveryResult, DkimFacts, FailureSample, SpfFacts};
@@ -132,7 +133,7 @@ pub(super) async fn finish(
         }
         info!(
             queue_id = %msg.queue_id,
-            client = %super::session::client_text(client),
+            client = %client_text(client),
             reason = %refusal,
             dmarc = "permerror",
             action = config.actions.bad_from.as_str(),
@@ -510,7 +511,7 @@ fn log_decision(msg: &Message, client: &Client, verdict: &Verdict, decision: &De
     // One line per message at info: the action field says what happened.
     info!(
         queue_id = %msg.queue_id,
-        client = %super::session::client_text(client),
+        client = %client_text(client),
         from_domain = %verdict.dmarc.domain,
         spf_mailfrom = %format!("{}={}", verdict.spf_mail_from.domain, verdict.spf_mail_from.result.as_str()),
         spf_helo = %verdict.spf_helo.result.as_str(),

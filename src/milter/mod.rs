@@ -10,6 +10,8 @@
 mod callbacks;
 pub mod direction;
 pub mod inbound;
+mod message;
+mod reply;
 mod session;
 mod spool;
 pub mod wire;
@@ -17,7 +19,8 @@ pub mod wire;
 pub use callbacks::callbacks;
 pub use direction::{ClientFacts, Direction};
 pub use inbound::results_field;
-pub use session::{EomPlan, NoReply, Reply, Session, login_reply, refusal_reply};
+pub use reply::{EomPlan, Reply, login_reply, refusal_reply};
+pub use session::{NoReply, Session};
 
 use crate::metrics::Metrics;
 use crate::report::{Discard, EvaluationSink};
@@ -50,7 +53,7 @@ impl MilterState {
     /// With a store for the evaluation records of verified messages.
     pub fn with_sink(mut runtime: Runtime, sink: Arc<dyn EvaluationSink>) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new());
-        metrics.adopt(&mut runtime);
+        metrics.adopt(&mut runtime.key_counters);
         if let Some(stats) = sink.stats() {
             metrics.set_report_stats(stats);
         }
@@ -82,7 +85,7 @@ impl MilterState {
 
     /// Replace the runtime; messages in progress keep the one they started with.
     pub fn swap(&self, mut runtime: Runtime) {
-        self.metrics.adopt(&mut runtime);
+        self.metrics.adopt(&mut runtime.key_counters);
         let new = Arc::new(runtime);
         match self.runtime.write() {
             Ok(mut guard) => *guard = new,

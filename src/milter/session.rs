@@ -4,13 +4,13 @@
 //! Every stage returns a [`Reply`]; every failure becomes the configured
 //! action with a log line carrying the queue id.
 
+use super::MilterState;
 use super::inbound;
+use super::message::{Client, Header, MAX_RCPT, Message, client_text, header_block};
+use super::reply::{EomPlan, Failure, Reply, act, internal_error, outcome};
 use super::spool::Spool;
-use super::wire;
-use super::{InFlight, MilterState};
 use crate::config::Action;
-use crate::identity::{self, Author, Refusal};
-use crate::runtime::Runtime;
+use crate::identity;
 use crate::sign::logins::LoginVerdict;
 use crate::sign::{self, MessageSigner};
 use crate::verify::authres;
@@ -21,112 +21,6 @@ use std::sync::Arc;
 use tracing::{debug, info, warn};
 
 use super::direction::{ClientFacts, Direction};
-
-/// What end of message does: header edits (applied in this order:
-/// deletions, then insertions at the top), quarantine, and the reply.
-#[derive(Debug, Default)]
-pub struct EomPlan {
-    /// (field name, per-name index from 1), highest index first.
-    pub delete: Vec<(&'static str, i32)>,
-    /// Fields inserted at index 0, in this order.
-    pub insert: Vec<(&'static str, String)>,
-    /// Hold-queue reason (SMFIR_QUARANTINE).
-    pub quarantine: Option<String>,
-    pub reply: Reply,
-}
-
-impl EomPlan {
-    pub fn reply(reply: Reply) -> Self {
-        EomPlan {
-            reply,
-            ..Default::default()
-        }
-    }
-}
-
-/// The answer of one stage.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Reply {
-    #[default]
-    Continue,
-    /// Accept the message; the MTA sends nothing more of it.
-    Accept,
-    /// No answer (negotiated for header fields).
-    Noreply,
-    Reject {
-        code: &'static str,
-        xcode: &'static str,
-        text: String,
-    },
-    Tempfail {
-        code: &'static str,
-        xcode: &'static str,
-        text: String,
-    },
-}
-
-/// The SMTP client as the MTA describes it.
-#[derive(Debug, Default, Clone)]
-pub(super) struct Client {
-    pub(super) hostname: String,
-    pub(super) addr: Option<SocketAddr>,
-    pub(super) helo: String,
-}
-
-impl Client {
-    /// Postfix's cleanup(8) simulates non-SMTP mail (sendmail(1), pickup)
-    /// as a connection from "localhost" at 127.0.0.1 port 0; a real SMTP
-    /// client never has port 0.
-    pub(super) fn is_local_submission(&self) -> bool {
-        matches!(self.addr, Some(addr) if addr.port() == 0 && addr.ip().is_loopback())
-            && self.hostname.eq_ignore_ascii_case("localhost")
-    }
-}
-
-/// One header field as received: name without colon, value with its
-/// leading space (when negotiated) and "\n" + WSP folding.
-struct Header {
-    name: Vec<u8>,
-    value: Vec<u8>,
-}
-
-/// The message in progress.
-pub(super) struct Message {
-    pub(super) runtime: Arc<Runtime>,
-    _in_flight: InFlight,
-    pub(super) queue_id: String,
-    pub(super) sender: String,
-    /// Envelope recipients, kept only for failure reports that include
-    /// them (`[report.failure] include_rcpt_to`), at most [`MAX_RCPT`].
-    pub(super) rcpt_to: Vec<String>,
-    auth_user: Option<String>,
-    /// `{daemon_name}` as the SMTP server set it. Postfix's cleanup, which
-    /// sends the header and body events, reports main.cf's value instead.
-    daemon_name: Option<String>,
-    headers: Vec<Header>,
-    header_bytes: usize,
-    headers_too_big: bool,
-    signer: Option<MessageSigner>,
-    author_domain: String,
-    direction: Direction,
-    /// Postfix's per-name index (from 1) of every Authentication-Results
-    /// field carrying rmilter's authserv-id: forged, to be deleted.
-    forged_results: Vec<i32>,
-    results_seen: i32,
-    /// Inbound: the author the From gate found, or why it refused.
-    pub(super) author: Option<Author>,
-    pub(super) refusal: Option<Refusal>,
-    /// Inbound: the message as verification needs it (header section, empty
-    /// line, body), bounded by `limits.max_message_bytes`.
-    pub(super) spool: Option<Spool>,
-    pub(super) truncated: bool,
-    /// The spool could not be written: the message cannot be verified.
-    pub(super) spool_error: Option<String>,
-    /// Set when a configured action is quarantine: the hold-queue reason.
-    hold: Option<String>,
-    /// End of headers has been processed.
-    headers_done: bool,
-}
 
 /// The state of one milter connection.
 pub struct Session {
@@ -145,8 +39,6 @@ pub struct Session {
 }
 
 const NOQUEUE: &str = "NOQUEUE";
-/// Envelope recipients kept per message for failure reports at most.
-const MAX_RCPT: usize = 100;
 
 /// The stages the MTA agreed to send without waiting for an answer
 /// (SMFIP_NR_*). rmilter never refuses at these stages, except at end of
@@ -682,139 +574,6 @@ impl Session {
     }
 }
 
-pub(super) enum Failure {
-    BadFrom(Refusal),
-    /// (login, From address): `[signing.logins]` refused signing.
-    LoginRefused(String, String),
-    HeadersTooBig,
-    Internal,
-}
-
-pub(super) fn internal_error(
-    metrics: &crate::metrics::Metrics,
-    action: Action,
-    queue_id: &str,
-    reason: &str,
-) -> Reply {
-    metrics.action(action, "error");
-    tracing::error!(queue_id, reason, action = action.as_str(), "internal error");
-    act(action, Failure::Internal)
-}
-
-/// The answer at end of headers when the From gate refused a message and
-/// `actions.bad_from` is `action` (what `rmilter explain` reports).
-pub fn refusal_reply(action: Action, refusal: Refusal) -> Reply {
-    act(action, Failure::BadFrom(refusal))
-}
-
-/// The answer at end of headers when `[signing.logins]` refuses `login`
-/// for `from` and its action is `action` (what `rmilter explain` reports).
-pub fn login_reply(action: Action, login: &str, from: &str) -> Reply {
-    act(
-        action,
-        Failure::LoginRefused(login.to_string(), from.to_string()),
-    )
-}
-
-/// A message's outcome for the metrics: the answer Postfix gets.
-fn outcome(reply: &Reply, quarantined: bool) -> &'static str {
-    match reply {
-        Reply::Reject { .. } => "reject",
-        Reply::Tempfail { .. } => "tempfail",
-        _ if quarantined => "quarantine",
-        _ => "accept",
-    }
-}
-
-/// The reply for a configured action.
-pub(super) fn act(action: Action, failure: Failure) -> Reply {
-    match (action, failure) {
-        (Action::Accept, _) => Reply::Accept,
-        // Quarantine happens at end of message; the caller records the
-        // reason and the message goes on.
-        (Action::Quarantine, _) => Reply::Continue,
-        (Action::Reject, Failure::BadFrom(refusal)) => Reply::Reject {
-            code: "550",
-            xcode: "5.7.1",
-            text: bad_from_text(&refusal),
-        },
-        (Action::Tempfail, Failure::BadFrom(refusal)) => Reply::Tempfail {
-            code: "451",
-            xcode: "4.7.1",
-            text: bad_from_text(&refusal),
-        },
-        (Action::Reject, Failure::LoginRefused(login, from)) => Reply::Reject {
-            code: "550",
-            xcode: "5.7.1",
-            text: login_text(&login, &from),
-        },
-        (Action::Tempfail, Failure::LoginRefused(login, from)) => Reply::Tempfail {
-            code: "451",
-            xcode: "4.7.1",
-            text: login_text(&login, &from),
-        },
-        (Action::Reject, Failure::HeadersTooBig) => Reply::Reject {
-            code: "552",
-            xcode: "5.3.4",
-            text: "message header section too big".to_string(),
-        },
-        (Action::Tempfail, Failure::HeadersTooBig) => Reply::Tempfail {
-            code: "452",
-            xcode: "4.3.4",
-            text: "message header section too big".to_string(),
-        },
-        (Action::Reject, Failure::Internal) => Reply::Reject {
-            code: "554",
-            xcode: "5.3.0",
-            text: "message could not be processed".to_string(),
-        },
-        (Action::Tempfail, Failure::Internal) => Reply::Tempfail {
-            code: "451",
-            xcode: "4.3.0",
-            text: "temporary local problem, try again later".to_string(),
-        },
-    }
-}
-
-/// The reply when `[signing.logins]` refuses: the login and the address,
-/// shortened and without line breaks.
-fn login_text(login: &str, from: &str) -> String {
-    let mut text = format!("login {login} may not send as {from}");
-    text.retain(|c| !c.is_control());
-    if text.len() > 400 {
-        let mut cut = 400;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
-}
-
-fn bad_from_text(refusal: &Refusal) -> String {
-    let mut text = format!(
-        "message refused: {refusal}; a message must have exactly one From field with one address (RFC 5322 3.6.2)"
-    );
-    // SMTP reply lines stay short and free of line breaks.
-    text.retain(|c| c != '\r' && c != '\n');
-    if text.len() > 400 {
-        let mut cut = 400;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
-}
-
-/// The header section in wire form (see [`wire::header_section`]).
-fn header_block(headers: &[Header], leading_space: bool) -> Vec<u8> {
-    wire::header_section(
-        headers.iter().map(|h| (&h.name[..], &h.value[..])),
-        leading_space,
-    )
-}
-
 /// Where a stage's macros come from: indymilter's [`Macros`] (and a plain
 /// map in the unit tests, which cannot make one).
 pub trait MacroSource {
@@ -833,17 +592,11 @@ fn macro_value(macros: &impl MacroSource, name: &str) -> Option<String> {
     macros.value(name)
 }
 
-pub(super) fn client_text(client: &Client) -> String {
-    match client.addr {
-        Some(addr) => format!("{}[{}]", client.hostname, addr.ip()),
-        None => client.hostname.clone(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{self, Overrides, Source};
+    use crate::runtime::Runtime;
     use std::collections::HashMap;
 
     type Map = HashMap<&'static str, &'static str>;

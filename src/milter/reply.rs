@@ -1,0 +1,173 @@
+//! What a stage answers: the reply, the edits of end of message, and the
+//! configured action's reply for each kind of failure.
+
+use crate::config::Action;
+use crate::identity::Refusal;
+
+/// What end of message does: header edits (applied in this order:
+/// deletions, then insertions at the top), quarantine, and the reply.
+#[derive(Debug, Default)]
+pub struct EomPlan {
+    /// (field name, per-name index from 1), highest index first.
+    pub delete: Vec<(&'static str, i32)>,
+    /// Fields inserted at index 0, in this order.
+    pub insert: Vec<(&'static str, String)>,
+    /// Hold-queue reason (SMFIR_QUARANTINE).
+    pub quarantine: Option<String>,
+    pub reply: Reply,
+}
+
+impl EomPlan {
+    pub fn reply(reply: Reply) -> Self {
+        EomPlan {
+            reply,
+            ..Default::default()
+        }
+    }
+}
+
+/// The answer of one stage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Reply {
+    #[default]
+    Continue,
+    /// Accept the message; the MTA sends nothing more of it.
+    Accept,
+    /// No answer (negotiated for header fields).
+    Noreply,
+    Reject {
+        code: &'static str,
+        xcode: &'static str,
+        text: String,
+    },
+    Tempfail {
+        code: &'static str,
+        xcode: &'static str,
+        text: String,
+    },
+}
+
+pub(super) enum Failure {
+    BadFrom(Refusal),
+    /// (login, From address): `[signing.logins]` refused signing.
+    LoginRefused(String, String),
+    HeadersTooBig,
+    Internal,
+}
+
+pub(super) fn internal_error(
+    metrics: &crate::metrics::Metrics,
+    action: Action,
+    queue_id: &str,
+    reason: &str,
+) -> Reply {
+    metrics.action(action, "error");
+    tracing::error!(queue_id, reason, action = action.as_str(), "internal error");
+    act(action, Failure::Internal)
+}
+
+/// The answer at end of headers when the From gate refused a message and
+/// `actions.bad_from` is `action` (what `rmilter explain` reports).
+pub fn refusal_reply(action: Action, refusal: Refusal) -> Reply {
+    act(action, Failure::BadFrom(refusal))
+}
+
+/// The answer at end of headers when `[signing.logins]` refuses `login`
+/// for `from` and its action is `action` (what `rmilter explain` reports).
+pub fn login_reply(action: Action, login: &str, from: &str) -> Reply {
+    act(
+        action,
+        Failure::LoginRefused(login.to_string(), from.to_string()),
+    )
+}
+
+/// A message's outcome for the metrics: the answer Postfix gets.
+pub(super) fn outcome(reply: &Reply, quarantined: bool) -> &'static str {
+    match reply {
+        Reply::Reject { .. } => "reject",
+        Reply::Tempfail { .. } => "tempfail",
+        _ if quarantined => "quarantine",
+        _ => "accept",
+    }
+}
+
+/// The reply for a configured action.
+pub(super) fn act(action: Action, failure: Failure) -> Reply {
+    match (action, failure) {
+        (Action::Accept, _) => Reply::Accept,
+        // Quarantine happens at end of message; the caller records the
+        // reason and the message goes on.
+        (Action::Quarantine, _) => Reply::Continue,
+        (Action::Reject, Failure::BadFrom(refusal)) => Reply::Reject {
+            code: "550",
+            xcode: "5.7.1",
+            text: bad_from_text(&refusal),
+        },
+        (Action::Tempfail, Failure::BadFrom(refusal)) => Reply::Tempfail {
+            code: "451",
+            xcode: "4.7.1",
+            text: bad_from_text(&refusal),
+        },
+        (Action::Reject, Failure::LoginRefused(login, from)) => Reply::Reject {
+            code: "550",
+            xcode: "5.7.1",
+            text: login_text(&login, &from),
+        },
+        (Action::Tempfail, Failure::LoginRefused(login, from)) => Reply::Tempfail {
+            code: "451",
+            xcode: "4.7.1",
+            text: login_text(&login, &from),
+        },
+        (Action::Reject, Failure::HeadersTooBig) => Reply::Reject {
+            code: "552",
+            xcode: "5.3.4",
+            text: "message header section too big".to_string(),
+        },
+        (Action::Tempfail, Failure::HeadersTooBig) => Reply::Tempfail {
+            code: "452",
+            xcode: "4.3.4",
+            text: "message header section too big".to_string(),
+        },
+        (Action::Reject, Failure::Internal) => Reply::Reject {
+            code: "554",
+            xcode: "5.3.0",
+            text: "message could not be processed".to_string(),
+        },
+        (Action::Tempfail, Failure::Internal) => Reply::Tempfail {
+            code: "451",
+            xcode: "4.3.0",
+            text: "temporary local problem, try again later".to_string(),
+        },
+    }
+}
+
+/// The reply when `[signing.logins]` refuses: the login and the address,
+/// shortened and without line breaks.
+fn login_text(login: &str, from: &str) -> String {
+    let mut text = format!("login {login} may not send as {from}");
+    text.retain(|c| !c.is_control());
+    if text.len() > 400 {
+        let mut cut = 400;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+fn bad_from_text(refusal: &Refusal) -> String {
+    let mut text = format!(
+        "message refused: {refusal}; a message must have exactly one From field with one address (RFC 5322 3.6.2)"
+    );
+    // SMTP reply lines stay short and free of line breaks.
+    text.retain(|c| c != '\r' && c != '\n');
+    if text.len() > 400 {
+        let mut cut = 400;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
