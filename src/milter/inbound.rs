@@ -7,7 +7,7 @@
 
 use super::MilterState;
 use super::message::{Client, Message, client_text};
-use super::reply::{EomPlan, Reply, internal_error};
+use super::reply::{EomPlan, Reply};
 use crate::config::{Action, Config};
 use crate::identity::{Author, Refusal};
 use crate::report::failure::{self, DeliveryResult, DkimFacts, FailureSample, SpfFacts};
@@ -146,15 +146,13 @@ pub(super) async fn finish(
     };
     let ip = client_ip(client.addr.map(|a| a.ip()));
     if let Some(error) = &msg.spool_error {
-        plan.reply = internal_error(
+        plan.internal_error(
             state.metrics(),
             config.actions.on_error,
             &msg.queue_id,
             &format!("spool: {error}"),
+            "rmilter: message could not be verified",
         );
-        if config.actions.on_error == Action::Quarantine {
-            plan.quarantine = Some("rmilter: message could not be verified".to_string());
-        }
         return plan;
     }
     let mut spool = msg.spool.take();
@@ -173,15 +171,13 @@ pub(super) async fn finish(
     let contents = match spool.as_mut().map(|s| s.contents()).transpose() {
         Ok(contents) => contents,
         Err(e) => {
-            plan.reply = internal_error(
+            plan.internal_error(
                 state.metrics(),
                 config.actions.on_error,
                 &msg.queue_id,
                 &format!("spool: {e}"),
+                "rmilter: message could not be verified",
             );
-            if config.actions.on_error == Action::Quarantine {
-                plan.quarantine = Some("rmilter: message could not be verified".to_string());
-            }
             return plan;
         }
     };

@@ -24,6 +24,26 @@ impl EomPlan {
             ..Default::default()
         }
     }
+
+    /// End of message failed inside rmilter: log it, count it, and answer
+    /// with `actions.on_error` (`action`). With quarantine the message is
+    /// held with `hold` as the reason; the planned deletions of forged
+    /// Authentication-Results fields stay either way.
+    pub(super) fn internal_error(
+        &mut self,
+        metrics: &crate::metrics::Metrics,
+        action: Action,
+        queue_id: &str,
+        reason: &str,
+        hold: &str,
+    ) {
+        metrics.action(action, "error");
+        tracing::error!(queue_id, reason, action = action.as_str(), "internal error");
+        self.reply = act(action, Failure::Internal);
+        if action == Action::Quarantine {
+            self.quarantine = Some(hold.to_string());
+        }
+    }
 }
 
 /// The answer of one stage.
@@ -53,17 +73,6 @@ pub(super) enum Failure {
     LoginRefused(String, String),
     HeadersTooBig,
     Internal,
-}
-
-pub(super) fn internal_error(
-    metrics: &crate::metrics::Metrics,
-    action: Action,
-    queue_id: &str,
-    reason: &str,
-) -> Reply {
-    metrics.action(action, "error");
-    tracing::error!(queue_id, reason, action = action.as_str(), "internal error");
-    act(action, Failure::Internal)
 }
 
 /// The answer at end of headers when the From gate refused a message and
@@ -170,4 +179,46 @@ fn bad_from_text(refusal: &Refusal) -> String {
         text.truncate(cut);
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `actions.on_error` at end of message: quarantine holds the message
+    /// with the given reason, the other actions answer, and the planned
+    /// deletions of forged fields stay in every case.
+    #[test]
+    fn an_internal_error_applies_on_error() {
+        let metrics = crate::metrics::Metrics::new();
+        for (action, reply, held) in [
+            (Action::Quarantine, Reply::Continue, true),
+            (Action::Accept, Reply::Accept, false),
+            (
+                Action::Tempfail,
+                act(Action::Tempfail, Failure::Internal),
+                false,
+            ),
+            (
+                Action::Reject,
+                act(Action::Reject, Failure::Internal),
+                false,
+            ),
+        ] {
+            let mut plan = EomPlan::default();
+            plan.delete.push(("Authentication-Results", 2));
+            plan.internal_error(&metrics, action, "Q1", "spool: disk full", "held: why");
+            assert_eq!(plan.reply, reply, "{action:?}");
+            assert_eq!(
+                plan.quarantine.as_deref(),
+                held.then_some("held: why"),
+                "{action:?}"
+            );
+            assert_eq!(plan.delete, [("Authentication-Results", 2)], "{action:?}");
+        }
+        assert!(matches!(
+            act(Action::Tempfail, Failure::Internal),
+            Reply::Tempfail { code: "451", .. }
+        ));
+    }
 }

@@ -7,7 +7,7 @@
 use super::MilterState;
 use super::inbound;
 use super::message::{Client, Header, MAX_RCPT, Message, client_text, header_block};
-use super::reply::{EomPlan, Failure, Reply, act, internal_error, outcome};
+use super::reply::{EomPlan, Failure, Reply, act, outcome};
 use super::spool::Spool;
 use crate::config::Action;
 use crate::identity;
@@ -509,15 +509,13 @@ impl Session {
             // The planned deletions (forged Authentication-Results) stay, and
             // a quarantine action holds the message, as on every other path.
             Err(e) => {
-                plan.reply = internal_error(
+                plan.internal_error(
                     self.state.metrics(),
                     config.actions.on_error,
                     &msg.queue_id,
                     &e.to_string(),
+                    "rmilter: message could not be signed",
                 );
-                if config.actions.on_error == Action::Quarantine {
-                    plan.quarantine = Some("rmilter: message could not be signed".to_string());
-                }
                 plan
             }
         }
