@@ -268,8 +268,7 @@ fn failure_capture(
     if destinations.is_empty() {
         return None;
     }
-    let (headers, body) = split_message(message);
-    let sample = FailureSample {
+    let mut sample = FailureSample {
         reported_domain: verdict.dmarc.domain.clone(),
         source_ip: ip?,
         arrival: crate::report::unix_time(std::time::SystemTime::now()),
@@ -312,15 +311,19 @@ fn failure_capture(
             Action::Reject => DeliveryResult::Policy,
             Action::Tempfail => DeliveryResult::Other,
         },
-        headers: headers.to_vec(),
-        body: settings
-            .include_body
-            .then(|| body[..body.len().min(settings.max_body_bytes)].to_vec()),
+        headers: Vec::new(),
+        body: None,
     };
-    // RFC 9991 §3: fo= decides which failures are reported.
+    // RFC 9991 §3: fo= decides which failures are reported. The copy of the
+    // message is made only for those.
     if !failure::wanted(&record.fo, &sample) {
         return None;
     }
+    let (headers, body) = split_message(message);
+    sample.headers = headers.to_vec();
+    sample.body = settings
+        .include_body
+        .then(|| body[..body.len().min(settings.max_body_bytes)].to_vec());
     Some(Capture {
         policy_domain,
         destinations,
