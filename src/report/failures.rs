@@ -500,22 +500,11 @@ fn deliver(
     if !valid_address(address) {
         return Ok(Outcome::Refused("not a usable address".to_string()));
     }
-    // Never mail a report to ourselves: it would be verified and reported again.
-    if address.eq_ignore_ascii_case(&settings.email) {
-        return Ok(Outcome::Refused(
-            "this is rmilter's own report address".to_string(),
-        ));
+    let domain = &queued.policy_domain;
+    if let Some(why) = super::send::refused_locally(settings, domain, address, copy) {
+        return Ok(Outcome::Refused(why.to_string()));
     }
     let dest_domain = address.rsplit_once('@').map_or("", |(_, d)| d);
-    let domain = &queued.policy_domain;
-    if !copy
-        && within(domain, &settings.reporting_domain)
-        && within(dest_domain, &settings.reporting_domain)
-    {
-        return Ok(Outcome::Refused(
-            "a report about our own domain to our own domain (loop)".to_string(),
-        ));
-    }
     // RFC 9991 §2 / RFC 9990 §4: a destination outside the domain must
     // have authorised reports for it (the copies are the operator's own).
     if !copy && !within(dest_domain, domain) {
@@ -599,7 +588,7 @@ pub fn run(
     print: bool,
     progress: &mut dyn Write,
 ) -> anyhow::Result<Summary> {
-    let mut store = Store::open(&settings.store, Duration::from_secs(30))?;
+    let mut store = Store::open(&settings.store, super::send::BUSY_TIMEOUT)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

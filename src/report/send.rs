@@ -29,7 +29,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 /// How long `report send` waits for a locked SQLite store.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long sendmail may take to accept one message.
 const SENDMAIL_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -184,15 +184,8 @@ pub fn run(
                     }
                     Ok::<(), store::StoreError>(())
                 };
-            // Never mail a report to ourselves: a report about our own
-            // domain to our own mailbox would be verified and reported again.
-            if address.eq_ignore_ascii_case(&settings.email) {
-                skip(
-                    &mut store,
-                    &mut summary,
-                    progress,
-                    "this is rmilter's own report address",
-                )?;
+            if let Some(why) = refused_locally(settings, &domain, &address, false) {
+                skip(&mut store, &mut summary, progress, why)?;
                 continue;
             }
             let dest_domain = address
@@ -200,17 +193,6 @@ pub fn run(
                 .map(|(_, d)| d)
                 .unwrap_or_default()
                 .to_string();
-            if within(&domain, &settings.reporting_domain)
-                && within(&dest_domain, &settings.reporting_domain)
-            {
-                skip(
-                    &mut store,
-                    &mut summary,
-                    progress,
-                    "a report about our own domain to our own domain (loop)",
-                )?;
-                continue;
-            }
             // RFC 9990 §2.5: a URI whose size limit the report exceeds MUST NOT be used.
             if dest.max_size > 0 && message.len() > dest.max_size {
                 let why = format!(
@@ -444,6 +426,30 @@ impl Summary {
 pub(crate) fn backoff(attempts: i64) -> i64 {
     let shift = (attempts - 1).clamp(0, 10) as u32;
     (300i64 << shift).min(6 * 3600)
+}
+
+/// Why a report about `domain` must not go to `address`, known without
+/// asking DNS: it is rmilter's own report address (the report would be
+/// verified and reported again), or, for a report rather than the
+/// operator's own copy (`copy`), one about our own domain to our own
+/// domain (a loop). Aggregate and failure reports both ask this first.
+pub(crate) fn refused_locally(
+    settings: &ReportSettings,
+    domain: &str,
+    address: &str,
+    copy: bool,
+) -> Option<&'static str> {
+    if address.eq_ignore_ascii_case(&settings.email) {
+        return Some("this is rmilter's own report address");
+    }
+    let dest_domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+    if !copy
+        && within(domain, &settings.reporting_domain)
+        && within(dest_domain, &settings.reporting_domain)
+    {
+        return Some("a report about our own domain to our own domain (loop)");
+    }
+    None
 }
 
 /// `name` is `parent` or below it.
@@ -684,4 +690,39 @@ pub(super) fn lease_owner() -> String {
         std::process::id(),
         &store::random_id()[..8]
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_refused_before_any_lookup() {
+        let text = "[report]\nemail = \"dmarc@example.org\"\nreporting_domain = \"example.org\"\n";
+        let config = crate::config::from_text(
+            crate::config::Source::Embedded,
+            text,
+            &crate::config::Overrides::default(),
+        )
+        .unwrap();
+        let s = &config.report;
+        let own = Some("this is rmilter's own report address");
+        let looped = Some("a report about our own domain to our own domain (loop)");
+        for (domain, address, copy, want) in [
+            ("sender.example", "DMARC@Example.org", false, own),
+            ("sender.example", "dmarc@example.org", true, own),
+            ("example.org", "postmaster@example.org", false, looped),
+            ("mail.example.org", "rua@reports.example.org", false, looped),
+            // The operator's copy of a report about our own domain.
+            ("example.org", "copies@example.org", true, None),
+            ("example.org", "rua@reports.example", false, None),
+            ("sender.example", "rua@sender.example", false, None),
+        ] {
+            assert_eq!(
+                refused_locally(s, domain, address, copy),
+                want,
+                "{domain} -> {address} (copy: {copy})"
+            );
+        }
+    }
 }
