@@ -6,8 +6,12 @@
 //! ([`super::tls`]).
 
 use super::{Db, Dialect, Value, tls};
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Socket};
+
+/// How long opening the connection (and TLS) may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct Postgres {
     rt: tokio::runtime::Runtime,
@@ -21,35 +25,29 @@ pub fn open(url: &str) -> Result<Postgres, String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    // The connection task runs whenever the runtime is driven (in block_on).
     let client = rt.block_on(async {
-        let timeout = std::time::Duration::from_secs(10);
-        let timed_out = |_| "connection timed out after 10s".to_string();
         match tls {
-            // The connection task runs whenever the runtime is driven (in
-            // block_on).
-            None => {
-                let (client, connection) =
-                    tokio::time::timeout(timeout, tokio_postgres::connect(&url, NoTls))
-                        .await
-                        .map_err(timed_out)?
-                        .map_err(|e| error_text(&e))?;
-                tokio::spawn(drive(connection));
-                Ok::<_, String>(client)
-            }
-            Some(config) => {
-                let (client, connection) = tokio::time::timeout(
-                    timeout,
-                    tokio_postgres::connect(&url, tls::MakeRustls::new(config)),
-                )
-                .await
-                .map_err(timed_out)?
-                .map_err(|e| error_text(&e))?;
-                tokio::spawn(drive(connection));
-                Ok(client)
-            }
+            None => connect(&url, NoTls).await,
+            Some(config) => connect(&url, tls::MakeRustls::new(config)).await,
         }
     })?;
     Ok(Postgres { rt, client })
+}
+
+/// Connect within [`CONNECT_TIMEOUT`] and spawn the connection's task.
+async fn connect<T>(url: &str, tls: T) -> Result<Client, String>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) =
+        tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(url, tls))
+            .await
+            .map_err(|_| format!("connection timed out after {}s", CONNECT_TIMEOUT.as_secs()))?
+            .map_err(|e| error_text(&e))?;
+    tokio::spawn(drive(connection));
+    Ok(client)
 }
 
 async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
