@@ -46,7 +46,11 @@ fn main() -> ExitCode {
                     return failure(&anyhow::Error::new(e).context("cannot start the runtime"));
                 }
             };
-            match tokio.block_on(daemon::run(config_ref, runtime)) {
+            let result = tokio.block_on(daemon::run(config_ref, runtime));
+            // A reload abandoned at SIGTERM may still be reading on a
+            // blocking thread; dropping the runtime would wait for it.
+            tokio.shutdown_timeout(std::time::Duration::from_secs(1));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "rmilter stopped");

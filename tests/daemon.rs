@@ -129,6 +129,57 @@ async fn sighup_reloads_and_a_bad_reload_keeps_the_old_configuration() {
     assert_eq!(selectors().await, ["one", "two"]);
 }
 
+/// SIGTERM while a reload is stuck reading a file (a FIFO nobody writes to,
+/// as a key or map file on a hung network mount would be): rmilter stops
+/// anyway, and does not leave the MTA waiting for systemd's kill timeout.
+#[test]
+fn sigterm_does_not_wait_for_a_stuck_reload() {
+    let keys = TestKeys::new(&[("example.com", "one", KeyAlgorithm::Ed25519)]);
+    let dir = keys.dir.path();
+    let port = free_port();
+    let config = dir.join("rmilter.toml");
+    let base = format!("listen = \"inet:127.0.0.1:{port}\"\n{}", keys.toml());
+    std::fs::write(&config, &base).unwrap();
+    let mut daemon = Daemon::start(&["-c", config.to_str().unwrap()]);
+    daemon.wait_log("rmilter ready", 1);
+    let fifo = dir.join("sender_login");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{base}[signing.logins]\nenabled = true\nsender_login_maps = \"{}\"\n",
+            fifo.display()
+        ),
+    )
+    .unwrap();
+    daemon.signal("HUP");
+    // Wait until a thread of rmilter is blocked opening the FIFO.
+    let tasks = format!("/proc/{}/task", daemon.pid());
+    let opening = || {
+        std::fs::read_dir(&tasks)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| {
+                std::fs::read_to_string(t.path().join("wchan"))
+                    .is_ok_and(|w| w == "wait_for_partner")
+            })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !opening() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload never opened the FIFO"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    daemon.signal("TERM");
+    let status = daemon.wait_exit();
+    assert!(status.success(), "exit {status}");
+    daemon.wait_log("the reload still in progress is abandoned", 1);
+    assert_eq!(daemon.count("configuration reloaded"), 0);
+}
+
 /// A reload runs beside the milter sessions, not in their way: while one
 /// is held reading a file (here a FIFO nobody writes to yet), messages are
 /// still signed with the running configuration.

@@ -224,9 +224,23 @@ async fn handle_signals(
                 // takes 0.7 s for 10,000 Ed25519 keys and 5 s for 10,000
                 // RSA keys, and the milter sessions go on meanwhile.
                 let (from, to) = (config_ref.clone(), state.clone());
-                let done = tokio::task::spawn_blocking(move || reload(&from, &to)).await;
-                if let Err(e) = done {
-                    error!(error = %e, "reload failed; the running configuration stays in effect");
+                let mut reloading = tokio::task::spawn_blocking(move || reload(&from, &to));
+                // A stop signal does not wait for the reload: a file that
+                // never finishes reading (a FIFO, a hung network mount)
+                // must not keep a stopping rmilter alive.
+                let stop = tokio::select! {
+                    done = &mut reloading => {
+                        if let Err(e) = done {
+                            error!(error = %e, "reload failed; the running configuration stays in effect");
+                        }
+                        None
+                    }
+                    _ = term.recv() => Some("SIGTERM"),
+                    _ = int.recv() => Some("SIGINT"),
+                };
+                if let Some(signal) = stop {
+                    warn!(signal, "stopping; the reload still in progress is abandoned");
+                    break;
                 }
                 let runtime = state.runtime();
                 notify::ready(&format!(
