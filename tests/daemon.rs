@@ -129,30 +129,60 @@ async fn sighup_reloads_and_a_bad_reload_keeps_the_old_configuration() {
     assert_eq!(selectors().await, ["one", "two"]);
 }
 
+/// rmilter with one Ed25519 key on an inet port, for the reload tests.
+struct OneKeySite {
+    keys: TestKeys,
+    port: u16,
+    config: std::path::PathBuf,
+    base: String,
+    daemon: Daemon,
+}
+
+impl OneKeySite {
+    fn start() -> OneKeySite {
+        let keys = TestKeys::new(&[("example.com", "one", KeyAlgorithm::Ed25519)]);
+        let port = free_port();
+        let config = keys.dir.path().join("rmilter.toml");
+        let base = format!("listen = \"inet:127.0.0.1:{port}\"\n{}", keys.toml());
+        std::fs::write(&config, &base).unwrap();
+        let daemon = Daemon::start(&["-c", config.to_str().unwrap()]);
+        daemon.wait_log("rmilter ready", 1);
+        OneKeySite {
+            keys,
+            port,
+            config,
+            base,
+            daemon,
+        }
+    }
+
+    /// Point `sender_login_maps` at a FIFO nobody writes to yet and send
+    /// SIGHUP: the reload then waits in open(2) for a writer.
+    fn reload_onto_fifo(&self) -> std::path::PathBuf {
+        let fifo = self.keys.dir.path().join("sender_login");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        std::fs::write(
+            &self.config,
+            format!(
+                "{}[signing.logins]\nenabled = true\nsender_login_maps = \"{}\"\n",
+                self.base,
+                fifo.display()
+            ),
+        )
+        .unwrap();
+        self.daemon.signal("HUP");
+        fifo
+    }
+}
+
 /// SIGTERM while a reload is stuck reading a file (a FIFO nobody writes to,
 /// as a key or map file on a hung network mount would be): rmilter stops
 /// anyway, and does not leave the MTA waiting for systemd's kill timeout.
 #[test]
 fn sigterm_does_not_wait_for_a_stuck_reload() {
-    let keys = TestKeys::new(&[("example.com", "one", KeyAlgorithm::Ed25519)]);
-    let dir = keys.dir.path();
-    let port = free_port();
-    let config = dir.join("rmilter.toml");
-    let base = format!("listen = \"inet:127.0.0.1:{port}\"\n{}", keys.toml());
-    std::fs::write(&config, &base).unwrap();
-    let mut daemon = Daemon::start(&["-c", config.to_str().unwrap()]);
-    daemon.wait_log("rmilter ready", 1);
-    let fifo = dir.join("sender_login");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "{base}[signing.logins]\nenabled = true\nsender_login_maps = \"{}\"\n",
-            fifo.display()
-        ),
-    )
-    .unwrap();
-    daemon.signal("HUP");
+    let mut site = OneKeySite::start();
+    site.reload_onto_fifo();
+    let daemon = &mut site.daemon;
     // Wait until a thread of rmilter is blocked opening the FIFO.
     let tasks = format!("/proc/{}/task", daemon.pid());
     let opening = || {
@@ -185,15 +215,9 @@ fn sigterm_does_not_wait_for_a_stuck_reload() {
 /// still signed with the running configuration.
 #[tokio::test(flavor = "multi_thread")]
 async fn mail_is_signed_while_a_reload_is_reading() {
-    let keys = TestKeys::new(&[("example.com", "one", KeyAlgorithm::Ed25519)]);
-    let dir = keys.dir.path();
-    let port = free_port();
-    let config = dir.join("rmilter.toml");
-    let base = format!("listen = \"inet:127.0.0.1:{port}\"\n{}", keys.toml());
-    std::fs::write(&config, &base).unwrap();
-    let daemon = Daemon::start(&["-c", config.to_str().unwrap()]);
-    daemon.wait_log("rmilter started", 1);
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let site = OneKeySite::start();
+    let daemon = &site.daemon;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", site.port).parse().unwrap();
     let signed = || async {
         let out = drive::drive(
             addr,
@@ -205,17 +229,7 @@ async fn mail_is_signed_while_a_reload_is_reading() {
     };
     assert_eq!(signed().await, 1);
 
-    let fifo = dir.join("sender_login");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "{base}[signing.logins]\nenabled = true\nsender_login_maps = \"{}\"\n",
-            fifo.display()
-        ),
-    )
-    .unwrap();
-    daemon.signal("HUP");
+    let fifo = site.reload_onto_fifo();
     // The reload now waits for a writer on the FIFO; mail goes on.
     for _ in 0..3 {
         let sent = tokio::time::timeout(std::time::Duration::from_secs(10), signed()).await;

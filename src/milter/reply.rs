@@ -150,27 +150,21 @@ pub(super) fn act(action: Action, failure: Failure) -> Reply {
     }
 }
 
-/// The reply when `[signing.logins]` refuses: the login and the address,
-/// shortened and without line breaks.
+/// The reply when `[signing.logins]` refuses: the login and the address.
 fn login_text(login: &str, from: &str) -> String {
-    let mut text = format!("login {login} may not send as {from}");
-    text.retain(|c| !c.is_control());
-    if text.len() > 400 {
-        let mut cut = 400;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
+    reply_line(format!("login {login} may not send as {from}"))
 }
 
 fn bad_from_text(refusal: &Refusal) -> String {
-    let mut text = format!(
+    reply_line(format!(
         "message refused: {refusal}; a message must have exactly one From field with one address (RFC 5322 3.6.2)"
-    );
-    // SMTP reply lines stay short and free of line breaks.
-    text.retain(|c| c != '\r' && c != '\n');
+    ))
+}
+
+/// An SMTP reply text: no control characters (no line breaks), at most
+/// 400 bytes, cut at a character boundary. It quotes what the client sent.
+fn reply_line(mut text: String) -> String {
+    text.retain(|c| !c.is_control());
     if text.len() > 400 {
         let mut cut = 400;
         while !text.is_char_boundary(cut) {
@@ -220,5 +214,17 @@ mod tests {
             act(Action::Tempfail, Failure::Internal),
             Reply::Tempfail { code: "451", .. }
         ));
+    }
+
+    #[test]
+    fn reply_lines_are_one_short_line() {
+        assert_eq!(reply_line("a\r\nb\tc\0d".to_string()), "abcd");
+        let long = reply_line("é".repeat(300));
+        assert!(
+            long.len() <= 400 && long.chars().all(|c| c == 'é'),
+            "{}",
+            long.len()
+        );
+        assert_eq!(long.len(), 400);
     }
 }
