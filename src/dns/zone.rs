@@ -17,7 +17,9 @@
 //! that hold `;`, as DKIM and DMARC records do). Types: TXT, A, AAAA, MX, PTR,
 //! CNAME; SOA and NS lines are accepted and ignored.
 
-use mail_auth::hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+use mail_auth::hickory_resolver::proto::op::{
+    Edns, Message, MessageType, OpCode, Query, ResponseCode,
+};
 use mail_auth::hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, SOA, TXT};
 use mail_auth::hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use std::collections::{BTreeMap, HashSet};
@@ -365,13 +367,11 @@ fn answer(zone: &Zone, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
         Ok(request) => request,
         Err(reply) => return reply,
     };
-    let mut response = match prepare(&request) {
-        Ok(response) => response,
+    let (mut response, query) = match prepare(&request) {
+        Ok(prepared) => prepared,
         Err(done) => return encode(&done, &request, udp),
     };
-    if let [query] = request.queries.as_slice() {
-        zone.answer(&mut response, query.name(), query.query_type());
-    }
+    zone.answer(&mut response, query.name(), query.query_type());
     encode(&response, &request, udp)
 }
 
@@ -393,10 +393,10 @@ pub fn decode(packet: &[u8]) -> Result<Message, Option<Vec<u8>>> {
 }
 
 /// The response to `request` with its header, question and EDNS set, ready
-/// for [`Zone::answer`]. `Err`: the finished response to a request the
+/// for [`Zone::answer`], and the one question. `Err`: the finished response to a request the
 /// server does not answer from its data (EDNS version above 0: BADVERS; an
 /// opcode other than QUERY: NOTIMP; not exactly one question: FORMERR).
-pub fn prepare(request: &Message) -> Result<Message, Box<Message>> {
+pub fn prepare(request: &Message) -> Result<(Message, &Query), Box<Message>> {
     let mut response = Message::response(request.id, request.op_code);
     response.metadata.recursion_desired = request.recursion_desired;
     response.add_queries(request.queries.iter().cloned());
@@ -413,11 +413,11 @@ pub fn prepare(request: &Message) -> Result<Message, Box<Message>> {
         response.metadata.response_code = ResponseCode::NotImp;
         return Err(Box::new(response));
     }
-    if request.queries.len() != 1 {
+    let [query] = request.queries.as_slice() else {
         response.metadata.response_code = ResponseCode::FormErr;
         return Err(Box::new(response));
-    }
-    Ok(response)
+    };
+    Ok((response, query))
 }
 
 /// The bytes of `response`; over UDP an answer larger than the client

@@ -495,12 +495,9 @@ fn handle(shared: &Shared, packet: &[u8], transport: Transport) -> Reply {
         let mut log = shared.log.lock().unwrap();
         log.push((qkey, query.query_type(), transport));
     }
-    let mut response = match served::prepare(&request) {
-        Ok(response) => response,
+    let (mut response, query) = match served::prepare(&request) {
+        Ok(prepared) => prepared,
         Err(done) => return send(served::encode(&done, &request, udp), None),
-    };
-    let Some(query) = request.queries.first() else {
-        return Reply::Silent;
     };
     let qname = query.name().clone();
     let qtype = query.query_type();
