@@ -5,9 +5,9 @@
 //! Every counter on the mail path is a relaxed atomic add: no lock, no
 //! allocation. Counters with a fixed set of label values are arrays indexed
 //! by those values; the per-key signature counters are handed to each
-//! loaded runtime's [`KeyCounters`] when it is swapped in (the registry's lock is taken
-//! then and at scrape time, never per message), so a reload keeps counting
-//! where it was.
+//! loaded runtime's [`KeyCounters`] when it is swapped in (the registry's
+//! lock is taken then and at scrape time, never per message), so a reload
+//! keeps counting where it was.
 
 pub mod http;
 
