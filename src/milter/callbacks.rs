@@ -89,58 +89,23 @@ pub fn callbacks(state: Arc<MilterState>) -> Callbacks<Session> {
         })
 }
 
-/// Request exactly what rmilter uses: insert-header, the leading space of
-/// header values (so signed headers are reproduced byte for byte), no reply
-/// at connect, HELO, MAIL, per header field, at end of headers and per body
-/// chunk when the MTA allows it (rmilter then answers only at end of
-/// message: Postfix buffers the events that need no answer and writes them
-/// when it waits for one, so each answer rmilter gives is a round trip and
-/// a wake-up on both sides), and the macros below.
+/// Negotiate what [`request`] asks for, and start the connection's session.
 fn negotiate(
     cx: &mut NegotiateContext<Session>,
     state: Arc<MilterState>,
     mta_actions: Actions,
     mta_opts: ProtoOpts,
 ) -> Status {
-    // Insert signatures and Authentication-Results, delete forged
-    // Authentication-Results, hold messages in the quarantine.
-    let wanted = Actions::ADD_HEADER | Actions::CHANGE_HEADER | Actions::QUARANTINE;
-    if !mta_actions.contains(wanted) {
-        error!(offered = ?mta_actions, "the MTA does not offer adding, changing and quarantining; refusing the connection");
-        return Status::Reject;
-    }
-    cx.requested_actions = wanted;
-    cx.requested_opts |= mta_opts
-        & (ProtoOpts::LEADING_SPACE
-            | ProtoOpts::NOREPLY_CONNECT
-            | ProtoOpts::NOREPLY_HELO
-            | ProtoOpts::NOREPLY_MAIL
-            | ProtoOpts::NOREPLY_HEADER
-            | ProtoOpts::NOREPLY_EOH
-            | ProtoOpts::NOREPLY_BODY);
     // RCPT events only when failure reports are on and include the
     // recipients ([report.failure] include_rcpt_to): otherwise Postfix
     // skips them.
     let failure = &state.runtime().config.report.failure;
-    if failure.enabled && failure.include_rcpt_to {
-        cx.requested_opts |= mta_opts & ProtoOpts::NOREPLY_RCPT;
-    } else {
-        cx.requested_opts |= ProtoOpts::NO_RCPT;
+    let rcpt = failure.enabled && failure.include_rcpt_to;
+    if request(cx, mta_actions, mta_opts, rcpt).is_err() {
+        error!(offered = ?mta_actions, "the MTA does not offer adding, changing and quarantining; refusing the connection");
+        return Status::Reject;
     }
     let granted = cx.requested_opts;
-    for (stage, macros) in [
-        (
-            MacroStage::Connect,
-            "j {daemon_name} {client_addr} {client_name}",
-        ),
-        (MacroStage::Mail, "{auth_authen} {auth_type}"),
-        (MacroStage::Eoh, "i"),
-        (MacroStage::Eom, "i"),
-    ] {
-        if let Ok(list) = CString::new(macros) {
-            cx.requested_macros.insert(stage, list);
-        }
-    }
     cx.data = Some(Session::new(
         state,
         granted.contains(ProtoOpts::LEADING_SPACE),
@@ -155,6 +120,61 @@ fn negotiate(
         },
     ));
     Status::Continue
+}
+
+/// The MTA does not offer the actions rmilter needs.
+#[derive(Debug)]
+pub struct MissingActions;
+
+/// Fill in rmilter's side of option negotiation on `cx`: the actions it
+/// needs (insert signatures and Authentication-Results, delete forged
+/// Authentication-Results, hold messages in the quarantine); the leading
+/// space of header values (so signed headers are reproduced byte for
+/// byte); no reply at connect, HELO, MAIL, per header field, at end of
+/// headers and per body chunk when `mta_opts` allows it (rmilter then
+/// answers only at end of message: Postfix buffers the events that need no
+/// answer and writes them when it waits for one, so each answer is a round
+/// trip and a wake-up on both sides); RCPT events only with `rcpt` (else
+/// the MTA skips them); and the macros below. Public so that the
+/// benchmark's floor milter (benches/floor_milter.rs) negotiates the same.
+pub fn request<T: Send>(
+    cx: &mut NegotiateContext<T>,
+    mta_actions: Actions,
+    mta_opts: ProtoOpts,
+    rcpt: bool,
+) -> Result<(), MissingActions> {
+    let wanted = Actions::ADD_HEADER | Actions::CHANGE_HEADER | Actions::QUARANTINE;
+    if !mta_actions.contains(wanted) {
+        return Err(MissingActions);
+    }
+    cx.requested_actions = wanted;
+    cx.requested_opts |= mta_opts
+        & (ProtoOpts::LEADING_SPACE
+            | ProtoOpts::NOREPLY_CONNECT
+            | ProtoOpts::NOREPLY_HELO
+            | ProtoOpts::NOREPLY_MAIL
+            | ProtoOpts::NOREPLY_HEADER
+            | ProtoOpts::NOREPLY_EOH
+            | ProtoOpts::NOREPLY_BODY);
+    if rcpt {
+        cx.requested_opts |= mta_opts & ProtoOpts::NOREPLY_RCPT;
+    } else {
+        cx.requested_opts |= ProtoOpts::NO_RCPT;
+    }
+    for (stage, macros) in [
+        (
+            MacroStage::Connect,
+            "j {daemon_name} {client_addr} {client_name}",
+        ),
+        (MacroStage::Mail, "{auth_authen} {auth_type}"),
+        (MacroStage::Eoh, "i"),
+        (MacroStage::Eom, "i"),
+    ] {
+        if let Ok(list) = CString::new(macros) {
+            cx.requested_macros.insert(stage, list);
+        }
+    }
+    Ok(())
 }
 
 async fn eom(cx: &mut EomContext<Session>) -> Status {

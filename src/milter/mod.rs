@@ -16,7 +16,7 @@ mod session;
 mod spool;
 pub mod wire;
 
-pub use callbacks::callbacks;
+pub use callbacks::{MissingActions, callbacks, request};
 pub use direction::{ClientFacts, Direction};
 pub use inbound::results_field;
 pub use reply::{EomPlan, Reply, login_reply, refusal_reply};
