@@ -22,6 +22,14 @@ SIZES = ("2k", "100k", "10m")
 # Postfix setups use); the incumbents always on unix sockets
 INET = "inet:127.0.0.1:8891"
 IMPLS = ("rmilter", "rmilter-inet", "peer")
+# floor-milter (benches/floor_milter.rs): rmilter's listener and protocol stack, the same
+# negotiation, one inserted header at end of message, no other work. Run once per repetition
+# ("floor" is both its mode and its impl): what the milter protocol itself costs on this machine,
+# and the most any milter of this shape can reach through Postfix.
+FLOOR = "floor"
+# the same with every event but end of message skipped (--only-eom), through Postfix only: what
+# Postfix pays for a milter it talks to once per message
+FLOOR_EOM = "floor-eom"
 
 
 def machine_busy(o):
@@ -304,6 +312,18 @@ class Bench:
                 os.unlink(os.path.join(self.run, f))
             except FileNotFoundError:
                 pass
+        if impl in (FLOOR, FLOOR_EOM):
+            sock = f"{self.run}/rmilter/rmilter.sock"
+            try:
+                os.unlink(sock)
+            except FileNotFoundError:
+                pass
+            p = subprocess.Popen([self.a.floor, "unix:" + sock] + (["--only-eom"] if impl == FLOOR_EOM else []),
+                                 stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.procs.add("floor", p.pid, p)
+            sock_up("unix:" + sock)
+            return ["unix:" + sock], {"floor": p.pid}
         if impl.startswith("rmilter"):
             sock = f"{self.run}/rmilter/rmilter.sock"
             try:
@@ -356,7 +376,7 @@ class Bench:
         return socks, pids
 
     def stop_milters(self):
-        for n in ("rmilter", "opendmarc", "opendkim"):
+        for n in ("rmilter", "floor", "opendmarc", "opendkim"):
             self.procs.stop(n)
 
     def rmilter_log_problems(self, impl):
@@ -381,6 +401,8 @@ class Bench:
     def expectations(mode):
         """(regexes that must all match the milter's modifications / the delivered headers,
             regexes that must not match)"""
+        if mode in (FLOOR, FLOOR_EOM):
+            return ([r"Authentication-Results: bench\.example\.test; none"], [])
         if mode == "verify":
             return ([r"dkim=pass", r"spf=pass", r"dmarc=pass"], [r"dkim=(fail|neutral|temperror|permerror|none)",
                                                                  r"dmarc=(fail|temperror|permerror|none)"])
@@ -804,6 +826,8 @@ class Bench:
         def alone():
             for rep in range(1, a.reps + 1):
                 self.raw_cost(rep)
+                if a.floor and "2k" in a.sizes:
+                    self.run_alone(FLOOR, FLOOR, "2k", rep)
                 for size in a.sizes:
                     for mode in a.modes:
                         # interleave, and alternate which implementation goes first
@@ -813,6 +837,8 @@ class Bench:
 
         def single():
             for rep in range(1, a.reps + 1):
+                if a.floor:
+                    self.run_single(FLOOR, FLOOR, rep)
                 for mode in a.modes:
                     order = impls if (rep + a.modes.index(mode)) % 2 else impls[::-1]
                     for impl in order:
@@ -821,6 +847,9 @@ class Bench:
         def single_postfix():
             for rep in range(1, a.reps + 1):
                 self.run_single_postfix("baseline", "baseline", rep)
+                if a.floor:
+                    self.run_single_postfix(FLOOR, FLOOR, rep)
+                    self.run_single_postfix(FLOOR_EOM, FLOOR_EOM, rep)
                 for mode in a.modes:
                     order = impls if (rep + a.modes.index(mode)) % 2 else impls[::-1]
                     for impl in order:
@@ -832,6 +861,9 @@ class Bench:
             # uses both)
             for rep in range(1, a.reps + 1):
                 self.run_postfix("baseline", "baseline", rep)
+                if a.floor:
+                    self.run_postfix(FLOOR, FLOOR, rep)
+                    self.run_postfix(FLOOR_EOM, FLOOR_EOM, rep)
                 for mode in a.modes:
                     order = impls if (rep + a.modes.index(mode)) % 2 else impls[::-1]
                     for impl in order:
@@ -983,11 +1015,9 @@ def report(out):
         p("")
         p("| mode | impl | msgs/s | " + " | ".join(stages) + " |")
         p("|---|---|---|" + "---|" * len(stages))
-        for m in MODES:
-            for impl in IMPLS:
-                rs = S.get((m, impl))
-                if not rs:
-                    continue
+        for m, impl in [(FLOOR, FLOOR)] + [(m, i) for m in MODES for i in IMPLS]:
+            rs = S.get((m, impl))
+            if rs:
                 cell = lambda st: (f"{fmt(med([r['latency_ms'].get(st, {}).get('p50') for r in rs]), 2)} / "
                                    f"{fmt(med([r['latency_ms'].get(st, {}).get('p99') for r in rs]), 2)}")
                 p(f"| {m} | {impl} | {fmt(med([r['msgs_per_s'] for r in rs]), 0)} | " +
@@ -1004,8 +1034,8 @@ def report(out):
         p("")
         p("| mode | impl | reps × msgs | EOM p50 ms | EOM p99 ms | p50 over the no-milter baseline ms | msgs/s (whole sessions) |")
         p("|---|---|---|---|---|---|---|")
-        for m in ("baseline",) + MODES:
-            for impl in ("baseline",) + IMPLS:
+        for m in ("baseline", FLOOR, FLOOR_EOM) + MODES:
+            for impl in ("baseline", FLOOR, FLOOR_EOM) + IMPLS:
                 rs = SP.get((m, impl))
                 if not rs:
                     continue
@@ -1044,8 +1074,8 @@ def report(out):
         p("")
         p("| mode | impl | reps × msgs | e2e msgs/s | ratio vs no-milter baseline | milter CPU ms/msg | Postfix CPU ms/msg | milter peak RSS MiB | outside CPU s max | machine busy |")
         p("|---|---|---|---|---|---|---|---|---|---|")
-        for m in ("baseline",) + MODES:
-            for impl in ("baseline",) + IMPLS:
+        for m in ("baseline", FLOOR, FLOOR_EOM) + MODES:
+            for impl in ("baseline", FLOOR, FLOOR_EOM) + IMPLS:
                 rs = P.get((m, impl))
                 if not rs:
                     continue
@@ -1062,6 +1092,8 @@ def report(out):
                   f"{fmt(100 * med([r.get('machine_busy') for r in rs]), 0) if med([r.get('machine_busy') for r in rs]) is not None else '?'} %"
                   f"{' **idle** (' + str(sum(1 for r in rs if r.get('idle_waiting'))) + ')' if any(r.get('idle_waiting') for r in rs) else ''} |")
         p("")
+
+    floor_section(p, M, sp, P, paired)
 
     # targets
     T = []
@@ -1110,6 +1142,11 @@ def report(out):
             target(q is not None and q >= lim, f"Postfix 2k {m}: e2e {impl} {fmt(e, 0)} msgs/s vs its "
                    f"repetitions' no-milter baselines (median {fmt(base, 0)} msgs/s) = {fmt(q)} "
                    f"(paired median; target ≥ {lim}; peer: {fmt(pq)})")
+    fq, fqe = paired(P.get((FLOOR, FLOOR), [])), paired(P.get((FLOOR_EOM, FLOOR_EOM), []))
+    if fq is not None:
+        T.append(f"- info: floor-milter (the milter protocol and nothing else) through Postfix: e2e {fmt(fq)} of the "
+                 f"no-milter baseline (paired median): the most a milter of this shape reaches on this machine"
+                 + (f"; {fmt(fqe)} when it skips every event but end of message" if fqe is not None else ""))
     r2 = [(k, v) for k, v in M.items() if k[0] == "2k" and k[2] == "rmilter"]
     if r2:
         worst = max(r2, key=lambda kv: kv[1]["rss"])
@@ -1178,6 +1215,48 @@ def report(out):
 
 
 # ---------------------------------------------------------------------------------------------
+def floor_section(p, M, sp, P, paired):
+    """rmilter against floor-milter: what each message costs beyond the milter protocol, alone and
+    through Postfix, and how close rmilter comes to the end-to-end rate of a milter doing nothing."""
+    fa = M.get(("2k", FLOOR, FLOOR))
+    fp = P.get((FLOOR, FLOOR), [])
+    if not fa and not fp:
+        return
+    cpu = lambda rs: med([r["milter_cpu_ms_per_msg"] for r in rs]) if rs else None
+    eom = lambda rs: med([r["eom_p50_ms"] for r in rs]) if rs else None
+    fcpu, fq = cpu(fp), (paired(fp) if fp else None)
+    SP = {}
+    for r in sp:
+        SP.setdefault((r["mode"], r["impl"]), []).append(r)
+    feom = eom(SP.get((FLOOR, FLOOR)))
+    p("## Above the floor (floor-milter: the same listener, protocol stack and negotiation as rmilter, "
+      "one inserted header, no other work; 2 KB)")
+    p("")
+    p("above = rmilter minus floor-milter in the same run. share = rmilter's end-to-end ratio over "
+      "floor-milter's: 1.00 would be a milter whose own work costs nothing through Postfix. "
+      "floor-eom = floor-milter with every event but end of message skipped (no headers, no body).")
+    p("")
+    p("| mode | impl | alone CPU ms/msg | above | through Postfix CPU ms/msg | above | e2e ratio vs no milter | share of the floor's | one-session EOM p50 ms | above |")
+    p("|---|---|---|---|---|---|---|---|---|---|")
+    d = lambda a, b: fmt(a - b, 3) if a is not None and b is not None else "-"
+    p(f"| {FLOOR} | floor-milter | {fmt(fa['cpu'] if fa else None, 3)} | - | {fmt(fcpu, 3)} | - | {fmt(fq)} | 1.00 | "
+      f"{fmt(feom, 2)} | - |")
+    fe = P.get((FLOOR_EOM, FLOOR_EOM), [])
+    if fe:
+        q, e = paired(fe), eom(SP.get((FLOOR_EOM, FLOOR_EOM)))
+        p(f"| {FLOOR_EOM} | floor-milter --only-eom | - | - | {fmt(cpu(fe), 3)} | {d(cpu(fe), fcpu)} | {fmt(q)} | "
+          f"{fmt(ratio(q, fq))} | {fmt(e, 2)} | {d(e, feom)} |")
+    for m in MODES:
+        for impl in ("rmilter", "rmilter-inet"):
+            a, rs = M.get(("2k", m, impl)), P.get((m, impl), [])
+            if not a and not rs:
+                continue
+            ac, pc, q, e = a["cpu"] if a else None, cpu(rs), (paired(rs) if rs else None), eom(SP.get((m, impl)))
+            p(f"| {m} | {impl} | {fmt(ac, 3)} | {d(ac, fa['cpu'] if fa else None)} | {fmt(pc, 3)} | {d(pc, fcpu)} | "
+              f"{fmt(q)} | {fmt(ratio(q, fq))} | {fmt(e, 2)} | {d(e, feom)} |")
+    p("")
+
+
 def syslog_sink(path, out):
     """A /dev/log sink, like rsyslog writing to a file: the incumbents log every message."""
     try:
@@ -1201,6 +1280,7 @@ def main():
     r.add_argument("--out", required=True)
     r.add_argument("--rmilter", required=True)
     r.add_argument("--milterload", default="")
+    r.add_argument("--floor", default="", help="floor-milter binary (none: no floor rows)")
     r.add_argument("--reps", type=int, default=3)
     r.add_argument("--sizes", default="2k 100k 10m")
     r.add_argument("--modes", default="verify sign-ed25519 sign-rsa")
@@ -1244,6 +1324,7 @@ def main():
         sys.exit("bounds: 1<=reps<=10, 1<=sessions<=100, 1<=seconds<=120, 100<=pf-count<=20000, quiet-wait<=300, "
                  "domains<=100000")
     a.milterload = a.milterload if a.milterload and os.access(a.milterload, os.X_OK) else ""
+    a.floor = a.floor if a.floor and os.access(a.floor, os.X_OK) else ""
     subreaper()
     b = Bench(a)
 

@@ -21,7 +21,9 @@
 #      implementations, interleaved, per repetition;
 #      the delivered headers of the first repetition are checked like above.
 #   rmilter runs on its unix socket and on inet:127.0.0.1:8891 (--transports), the incumbents on
-#   unix sockets. Besides the 20-session throughput runs: one session at a time (milterload
+#   unix sockets. floor-milter (benches/floor_milter.rs: rmilter's listener and negotiation, no
+#   other work) runs once per repetition in every phase: what the milter protocol itself costs.
+#   Besides the 20-session throughput runs: one session at a time (milterload
 #   --sessions 1: latency per milter stage, p50/p99; and one SMTP session at a time through
 #   Postfix: end-of-message latency against the no-milter baseline). A loaded run during which
 #   the machine was mostly idle is flagged "idle" (messages waited on something other than CPU).
@@ -84,6 +86,11 @@ main() {
   fi
   local TD; TD=$(bash "$HERE/setup.sh" --target-dir)
   local RMILTER=${RMILTER_BIN:-$TD/release/rmilter} MILTERLOAD=${MILTERLOAD_BIN:-$TD/release/milterload}
+  local FLOOR=${FLOOR_BIN:-$TD/release/examples/floor-milter}
+  if [ ! -x "$FLOOR" ]; then
+    echo "run.sh: WARNING: no floor-milter at $FLOOR: the report has no floor rows" >&2
+    FLOOR=""
+  fi
   [ -x "$RMILTER" ] || { echo "run.sh: no rmilter binary at $RMILTER" >&2; return 1; }
   if [ ! -x "$MILTERLOAD" ]; then
     echo "run.sh: WARNING: no milterload at $MILTERLOAD: the milter-alone part is skipped" >&2
@@ -124,7 +131,7 @@ EOF
   # --- into the namespace ---------------------------------------------------------------------
   local rc=0
   BENCH_IN_NS=1 unshare --net --mount --propagation private bash "$HERE/run.sh" \
-    run --root "$BENCH_ROOT" --out "$OUT" --rmilter "$RMILTER" --milterload "$MILTERLOAD" --reps "$REPS" \
+    run --root "$BENCH_ROOT" --out "$OUT" --rmilter "$RMILTER" --milterload "$MILTERLOAD" --floor "$FLOOR" --reps "$REPS" \
     --sizes "$SIZES" --modes "$MODES" --sessions "$SESSIONS" --seconds "$SECONDS_" --pf-count "$PFCOUNT" \
     --quiet-wait "$QW" --transports "$TRANSPORTS" --domains "$DOMAINS" $([ "$POSTFIX" = 0 ] && echo --no-postfix) $([ "$QUICK" = 1 ] && echo --quick) \
     2> >(tee -a "$OUT/progress.log" >&2) | tee "$OUT/output.md" || rc=$?

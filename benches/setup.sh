@@ -7,7 +7,7 @@
 #   daemon inside a private network + mount namespace and stops it again.
 #
 #   usage: bash benches/setup.sh            # packages + build + (re)generate the state
-#          bash benches/setup.sh --build    # only (re)build rmilter and milterload
+#          bash benches/setup.sh --build    # only (re)build rmilter, floor-milter and milterload
 #          SKIP_APT=1 bash benches/setup.sh # do not check/install Debian packages
 #
 # Layout of $BENCH_ROOT:
@@ -55,6 +55,9 @@ build() {
   local td; td=$(target_dir)
   echo "setup.sh: building rmilter (release, target dir $td)"
   (cd "$REPO" && CARGO_TARGET_DIR=$td cargo build --release --ignore-rust-version)
+  echo "setup.sh: building floor-milter (benches/floor_milter.rs)"
+  (cd "$REPO" && CARGO_TARGET_DIR=$td cargo build --release --ignore-rust-version --example floor-milter) \
+    || echo "setup.sh: floor-milter did not build: the report has no floor rows" >&2
   if [ -f "$HERE/milterload/Cargo.toml" ]; then
     echo "setup.sh: building milterload"
     CARGO_TARGET_DIR=$td cargo build --release --ignore-rust-version --manifest-path "$HERE/milterload/Cargo.toml" \
