@@ -13,6 +13,7 @@ use common::milter::TestMilter;
 use common::sign::{SignOptions, sign};
 use indymilter_test::Status;
 use rmilter::config::{KeyAlgorithm, Overrides, Source};
+use rmilter::report::EvaluationSink;
 use rmilter::report::sink::StoreSink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -262,4 +263,65 @@ fn store_faults_never_hold_up_mail_and_writing_resumes() {
     assert_eq!(stored as u64, stats.written());
     drop(check);
     drop(w);
+}
+
+/// The queue holds report rows, not messages: with room for one row,
+/// a thousand evaluations of that row are all written and none dropped
+/// (a queue of evaluations would have dropped all but the first of each
+/// 100 ms window).
+#[test]
+fn evaluations_of_a_waiting_row_are_never_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "authserv_id = \"mx.example.org\"\n[report]\nenabled = true\nstore = \"{}\"\nqueue_size = 1\n",
+        dir.path().join("reports.db").display()
+    );
+    let config =
+        rmilter::config::from_text(Source::Embedded, &toml, &Overrides::default()).unwrap();
+    let sink = StoreSink::start(&config.report);
+    let t = common::report::yesterday();
+    for _ in 0..1000 {
+        sink.record(common::report::evaluation("sender.example", "192.0.2.1", t));
+    }
+    sink.finish(Duration::from_secs(10));
+    let stats = sink.stats();
+    assert_eq!(
+        (stats.received(), stats.written(), stats.dropped()),
+        (1000, 1000, 0)
+    );
+    let db = rusqlite::Connection::open(dir.path().join("reports.db")).unwrap();
+    let (rows, count): (i64, i64) = db
+        .query_row("SELECT COUNT(*), SUM(count) FROM report_rows", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((rows, count), (1, 1000));
+}
+
+/// Folding evaluations into rows: a known row always counts, a new row
+/// beyond the limit is refused, and the newest policy is the one kept.
+#[test]
+fn gathered_rows_count_evaluations_and_respect_the_limit() {
+    use rmilter::report::sink::{Gathered, addition};
+    let t = common::report::yesterday();
+    let a = common::report::evaluation("sender.example", "192.0.2.1", t);
+    let mut newer = a.clone();
+    newer.time = t + Duration::from_secs(60);
+    newer.policy.as_mut().unwrap().p = "quarantine";
+    let b = common::report::evaluation("sender.example", "192.0.2.2", t);
+    let mut g = Gathered::default();
+    assert!(g.add(addition(&a, 86_400).unwrap(), 1));
+    assert!(
+        !g.add(addition(&b, 86_400).unwrap(), 1),
+        "a second row beyond the limit"
+    );
+    assert!(
+        g.add(addition(&newer, 86_400).unwrap(), 1),
+        "the same row counts"
+    );
+    let out = g.into_additions();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].count, 2);
+    assert_eq!(out[0].policy.p, "quarantine");
+    assert_eq!(out[0].row.source_ip, "192.0.2.1");
 }

@@ -727,7 +727,8 @@ pub struct ReportSettings {
     pub period: Duration,
     /// Store data older than this is deleted.
     pub retention: Duration,
-    /// Evaluation records waiting for the store writer; more are dropped.
+    /// Report rows waiting for the store writer (each counts any number of
+    /// evaluations); the evaluations of further rows are dropped.
     pub queue_size: usize,
     pub format: ReportFormat,
     /// The local MTA's sendmail command (program and leading arguments).
