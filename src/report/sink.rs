@@ -149,14 +149,21 @@ impl Gathered {
 /// What the milter threads hand the writer.
 #[derive(Default)]
 struct Queue {
-    gathered: Mutex<(Gathered, bool)>,
+    waiting: Mutex<Waiting>,
     /// Signalled when the first record of a batch arrives, and at close.
     ready: Condvar,
 }
 
+#[derive(Default)]
+struct Waiting {
+    gathered: Gathered,
+    /// No more records: the sink is gone or the writer never started.
+    closed: bool,
+}
+
 impl Queue {
-    fn lock(&self) -> MutexGuard<'_, (Gathered, bool)> {
-        match self.gathered.lock() {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        match self.waiting.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
@@ -178,7 +185,7 @@ pub struct StoreSink {
 impl Drop for StoreSink {
     /// The writer writes what is left, then ends.
     fn drop(&mut self) {
-        self.queue.lock().1 = true;
+        self.queue.lock().closed = true;
         self.queue.ready.notify_one();
     }
 }
@@ -208,7 +215,7 @@ impl StoreSink {
             });
         if let Err(e) = spawned {
             warn!(error = %e, "report store: cannot start the writer thread; evaluations are dropped");
-            queue.lock().1 = true;
+            queue.lock().closed = true;
         }
         let failures = settings
             .failure
@@ -236,17 +243,17 @@ impl EvaluationSink for StoreSink {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         let first = {
             let mut queue = self.queue.lock();
-            if queue.1 {
+            if queue.closed {
                 drop(queue);
                 self.stats.drop_records(1, "writer not running");
                 return;
             }
-            if !queue.0.add(addition, self.limit) {
+            if !queue.gathered.add(addition, self.limit) {
                 drop(queue);
                 self.stats.drop_records(1, "queue full");
                 return;
             }
-            queue.0.records == 1
+            queue.gathered.records == 1
         };
         // Only the first record of a batch wakes the writer; it sleeps out
         // the gathering window and takes the rest with it.
@@ -288,14 +295,14 @@ impl Writer {
     fn run(mut self, queue: &Queue) {
         loop {
             let mut guard = queue.lock();
-            while guard.0.records == 0 && !guard.1 {
+            while guard.gathered.records == 0 && !guard.closed {
                 guard = match queue.ready.wait(guard) {
                     Ok(g) => g,
                     Err(p) => p.into_inner(),
                 };
             }
-            let closed = guard.1;
-            if guard.0.records == 0 {
+            let closed = guard.closed;
+            if guard.gathered.records == 0 {
                 return;
             }
             drop(guard);
@@ -305,7 +312,7 @@ impl Writer {
             if !closed {
                 std::thread::sleep(GATHER);
             }
-            let batch = std::mem::take(&mut queue.lock().0);
+            let batch = std::mem::take(&mut queue.lock().gathered);
             self.write(batch);
         }
     }
