@@ -1145,7 +1145,7 @@ def report(out):
     fq, fqe = paired(P.get((FLOOR, FLOOR), [])), paired(P.get((FLOOR_EOM, FLOOR_EOM), []))
     if fq is not None:
         T.append(f"- info: floor-milter (the milter protocol and nothing else) through Postfix: e2e {fmt(fq)} of the "
-                 f"no-milter baseline (paired median): the most a milter of this shape reaches on this machine"
+                 f"no-milter baseline (paired median): what the milter protocol alone leaves on this machine"
                  + (f"; {fmt(fqe)} when it skips every event but end of message" if fqe is not None else ""))
     r2 = [(k, v) for k, v in M.items() if k[0] == "2k" and k[2] == "rmilter"]
     if r2:
