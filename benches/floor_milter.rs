@@ -9,8 +9,8 @@
 //! parses nothing, looks nothing up and computes no signature. Measured
 //! through Postfix it gives the floor of any milter of this shape: the
 //! CPU a message costs rmilter beyond it is rmilter's own work, and its
-//! end-to-end rate against Postfix without a milter is the most a milter
-//! can reach on the machine. With `--only-eom` it asks the MTA to skip every
+//! end-to-end rate against Postfix without a milter is what the protocol
+//! alone leaves on the machine. With `--only-eom` it asks the MTA to skip every
 //! event but end of message (and the message with it): what the MTA pays for
 //! a milter it talks to once per message. Not installed, not part of rmilter.
 
