@@ -248,12 +248,13 @@ impl EvaluationSink for StoreSink {
                 self.stats.drop_records(1, "writer not running");
                 return;
             }
+            let first = queue.gathered.records == 0;
             if !queue.gathered.add(addition, self.limit) {
                 drop(queue);
                 self.stats.drop_records(1, "queue full");
                 return;
             }
-            queue.gathered.records == 1
+            first
         };
         // Only the first record of a batch wakes the writer; it sleeps out
         // the gathering window and takes the rest with it.
