@@ -25,7 +25,7 @@ IMPLS = ("rmilter", "rmilter-inet", "peer")
 # floor-milter (benches/floor_milter.rs): rmilter's listener and protocol stack, the same
 # negotiation, one inserted header at end of message, no other work. Run once per repetition
 # ("floor" is both its mode and its impl): what the milter protocol itself costs on this machine,
-# and the most any milter of this shape can reach through Postfix.
+# and what it leaves of Postfix's end-to-end rate.
 FLOOR = "floor"
 # the same with every event but end of message skipped (--only-eom), through Postfix only: what
 # Postfix pays for a milter it talks to once per message
@@ -306,18 +306,16 @@ class Bench:
     def start_milters(self, impl, mode):
         """-> (list of sockets in chain order, {label: pid})"""
         # each measurement starts with empty aggregate-report stores (rmilter's SQLite store,
-        # OpenDMARC's history file), so that repetitions are alike
-        for f in ("rmilter/reports.db", "rmilter/reports.db-wal", "rmilter/reports.db-shm", "opendmarc/opendmarc.dat"):
+        # OpenDMARC's history file), so that repetitions are alike, and without the socket file
+        # rmilter and floor-milter listen on
+        for f in ("rmilter/reports.db", "rmilter/reports.db-wal", "rmilter/reports.db-shm", "opendmarc/opendmarc.dat",
+                  "rmilter/rmilter.sock"):
             try:
                 os.unlink(os.path.join(self.run, f))
             except FileNotFoundError:
                 pass
         if impl in (FLOOR, FLOOR_EOM):
             sock = f"{self.run}/rmilter/rmilter.sock"
-            try:
-                os.unlink(sock)
-            except FileNotFoundError:
-                pass
             p = subprocess.Popen([self.a.floor, "unix:" + sock] + (["--only-eom"] if impl == FLOOR_EOM else []),
                                  stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -326,10 +324,6 @@ class Bench:
             return ["unix:" + sock], {"floor": p.pid}
         if impl.startswith("rmilter"):
             sock = f"{self.run}/rmilter/rmilter.sock"
-            try:
-                os.unlink(sock)
-            except FileNotFoundError:
-                pass
             self.rlog = f"{self.root}/log/rmilter-{mode}.log"
             self.rlog_off = os.path.getsize(self.rlog) if os.path.exists(self.rlog) else 0
             lf = open(self.rlog, "a")
@@ -1025,10 +1019,10 @@ def report(out):
         p("")
 
     sp = [r for r in recs if r["kind"] == "single-postfix"]
+    SP = {}
+    for r in sp:
+        SP.setdefault((r["mode"], r["impl"]), []).append(r)
     if sp:
-        SP = {}
-        for r in sp:
-            SP.setdefault((r["mode"], r["impl"]), []).append(r)
         bl = med([r["eom_p50_ms"] for r in SP.get(("baseline", "baseline"), [])])
         p("## One SMTP session at a time through Postfix (2 KB; end-of-message latency: final \".\" to 250)")
         p("")
@@ -1097,7 +1091,7 @@ def report(out):
                   f"{' **idle** (' + str(sum(1 for r in rs if r.get('idle_waiting'))) + ')' if any(r.get('idle_waiting') for r in rs) else ''} |")
         p("")
 
-    floor_section(p, M, sp, P, paired)
+    floor_section(p, M, SP, P, paired)
 
     # targets
     T = []
@@ -1219,7 +1213,7 @@ def report(out):
 
 
 # ---------------------------------------------------------------------------------------------
-def floor_section(p, M, sp, P, paired):
+def floor_section(p, M, SP, P, paired):
     """rmilter against floor-milter: what each message costs beyond the milter protocol, alone and
     through Postfix, and how close rmilter comes to the end-to-end rate of a milter doing nothing."""
     fa = M.get(("2k", FLOOR, FLOOR))
@@ -1229,9 +1223,6 @@ def floor_section(p, M, sp, P, paired):
     cpu = lambda rs: med([r["milter_cpu_ms_per_msg"] for r in rs]) if rs else None
     eom = lambda rs: med([r["eom_p50_ms"] for r in rs]) if rs else None
     fcpu, fq = cpu(fp), (paired(fp) if fp else None)
-    SP = {}
-    for r in sp:
-        SP.setdefault((r["mode"], r["impl"]), []).append(r)
     feom = eom(SP.get((FLOOR, FLOOR)))
     p("## Above the floor (floor-milter: the same listener, protocol stack and negotiation as rmilter, "
       "one inserted header, no other work; 2 KB)")
@@ -1243,7 +1234,7 @@ def floor_section(p, M, sp, P, paired):
     p("| mode | impl | alone CPU ms/msg | above | through Postfix CPU ms/msg | above | e2e ratio vs no milter | share of the floor's | one-session EOM p50 ms | above |")
     p("|---|---|---|---|---|---|---|---|---|---|")
     d = lambda a, b: fmt(a - b, 3) if a is not None and b is not None else "-"
-    p(f"| {FLOOR} | floor-milter | {fmt(fa['cpu'] if fa else None, 3)} | - | {fmt(fcpu, 3)} | - | {fmt(fq)} | 1.00 | "
+    p(f"| {FLOOR} | floor-milter | {fmt(fa['cpu'] if fa else None, 3)} | - | {fmt(fcpu, 3)} | - | {fmt(fq)} | {'1.00' if fq is not None else '-'} | "
       f"{fmt(feom, 2)} | - |")
     fe = P.get((FLOOR_EOM, FLOOR_EOM), [])
     if fe:
